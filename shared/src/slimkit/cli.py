@@ -1,0 +1,179 @@
+"""Shared command-line plumbing: subcommands, ``--json``, one-line errors, progress bars.
+
+Every package CLI is ``main(argv) -> int`` wrapped by :func:`run_main`, so bad
+input ends in ``prog: error: <one line>`` and exit code 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+from slimkit.errors import BadInputError
+
+T = TypeVar("T")
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (no usage dump), exit code 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def make_parser(prog: str, description: str, version: str) -> tuple[argparse.ArgumentParser, Any]:
+    """A top-level parser with ``--version`` and a required subcommand group."""
+    parser = _Parser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    return parser, subparsers
+
+
+def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags every subcommand shares."""
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    return parser
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda[:N]`` into a device, refusing ones that are not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInputError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def run_main(fn: Callable[[Sequence[str] | None], int | None], prog: str) -> Callable[[Sequence[str] | None], int]:
+    """Wrap a CLI body: user errors become one stderr line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        try:
+            code = fn(argv)
+        except BadInputError as exc:
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except FileNotFoundError as exc:
+            print(f"{prog}: error: file not found: {exc.filename or exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except IsADirectoryError as exc:
+            print(f"{prog}: error: expected a file, got a directory: {exc.filename or exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+        except SystemExit as exc:  # argparse --help / errors
+            return int(exc.code) if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return int(code or 0)
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
+    """Print one JSON document, or a human-readable rendering of the same result."""
+    if as_json:
+        print(json.dumps(result, indent=2, default=_json_default))
+        return
+    if human is not None:
+        print(human(result))
+    elif isinstance(result, list) and result and isinstance(result[0], dict):
+        print(format_table(result))
+    elif isinstance(result, dict):
+        width = max((len(str(k)) for k in result), default=0)
+        for key, value in result.items():
+            print(f"{str(key).ljust(width)}  {_fmt(value)}")
+    else:
+        print(result)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned text table (no external dependency)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(columns) if columns else list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_fmt(row.get(c, "")) for c in cols] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join([line, rule, *body])
+
+
+def progress(
+    iterable: Iterable[T] | None = None,
+    total: int | None = None,
+    desc: str | None = None,
+    disable: bool | None = None,
+) -> Any:
+    """A tqdm bar on stderr; off when stderr is not a terminal unless ``disable=False``."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``slimkit`` console script: environment report and the shared demo."""
+    return _main(argv)
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    from slimkit import __version__
+
+    parser, sub = make_parser("slimkit", "slimkit shared utilities", __version__)
+    env = add_common(sub.add_parser("env", help="print device, threads and library versions"))
+    env.set_defaults(command="env")
+    demo = add_common(sub.add_parser("demo", help="train a tiny classifier on bundled digits"))
+    demo.add_argument("--output", default="slimkit-demo", help="output folder")
+    demo.add_argument("--steps", type=int, default=60)
+    args = parser.parse_args(argv)
+    if args.command == "env":
+        from slimkit.bench import env_header
+
+        emit(env_header(), args.json)
+        return 0
+    from pathlib import Path
+
+    from slimkit.quickstart import run
+
+    emit(run(Path(args.output), steps=args.steps, seed=args.seed), args.json)
+    return 0
+
+
+_main = run_main(_body, "slimkit")

@@ -1,0 +1,159 @@
+"""Offline data: datasets that ship inside wheels, plus users' own image folders.
+
+Nothing here downloads. ``digits`` is scikit-learn's 1,797 labelled 8x8 digits,
+optionally upsampled so a ViT gets dozens of patches; ``sample_images`` are
+scikit-image's bundled photos; ``image_folder`` reads class subfolders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, TensorDataset
+
+from slimkit.errors import BadInputError
+
+DATASETS = ("digits",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_SPLITS = ("train", "val", "all")
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a per-class random split, so both halves keep the class balance."""
+    if not 0.0 < val_fraction < 1.0:
+        raise BadInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_val = max(1, round(len(idx) * val_fraction))
+        val_idx.extend(idx[:n_val].tolist())
+        train_idx.extend(idx[n_val:].tolist())
+    return np.sort(np.array(train_idx)), np.sort(np.array(val_idx))
+
+
+def digits(
+    split: str = "train",
+    size: int = 8,
+    channels: int = 1,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    normalize: bool = True,
+) -> TensorDataset:
+    """scikit-learn digits as ``(images [N,C,size,size] float32, labels int64)``."""
+    from sklearn.datasets import load_digits
+
+    if split not in _SPLITS:
+        raise BadInputError(f"split must be one of {_SPLITS}, got {split!r}")
+    if size < 8:
+        raise BadInputError(f"size must be >= 8 (the digits are 8x8), got {size}")
+    if channels not in (1, 3):
+        raise BadInputError(f"channels must be 1 or 3, got {channels}")
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    labels_np = bunch.target.astype(np.int64)
+    if split != "all":
+        train_idx, val_idx = stratified_split(labels_np, val_fraction, seed)
+        keep = train_idx if split == "train" else val_idx
+        images, labels_np = images[torch.from_numpy(keep)], labels_np[keep]
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    if normalize:
+        images = (images - 0.5) / 0.5
+    if channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    return TensorDataset(images.contiguous(), torch.from_numpy(labels_np))
+
+
+def sample_images(names: Sequence[str] | None = None, size: int | None = None) -> dict[str, np.ndarray]:
+    """scikit-image's bundled photos as RGB uint8 HWC arrays (optionally resized square)."""
+    from skimage import data as skdata
+
+    default = ("astronaut", "coffee", "chelsea", "rocket")
+    chosen = tuple(names) if names else default
+    out: dict[str, np.ndarray] = {}
+    for name in chosen:
+        loader = getattr(skdata, name, None)
+        if loader is None or not callable(loader):
+            raise BadInputError(f"unknown scikit-image sample {name!r}; try one of {', '.join(default)}")
+        img = np.asarray(loader())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, axis=-1)
+        img = img[..., :3]
+        if size is not None:
+            img = _resize_uint8(img, size)
+        out[name] = img.astype(np.uint8)
+    return out
+
+
+def _resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
+    t = torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1)[None].float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+
+
+def image_to_tensor(img: np.ndarray, size: int, channels: int = 3) -> torch.Tensor:
+    """uint8 HWC -> float CHW in [-1, 1], resized square: the transform digits also use."""
+    arr = _resize_uint8(img if img.ndim == 3 else np.stack([img] * 3, -1), size)
+    t = torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
+    if channels == 1:
+        t = t.mean(0, keepdim=True)
+    return (t - 0.5) / 0.5
+
+
+class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
+    """``root/<class>/<image>`` with the digits transform; fails early and clearly."""
+
+    def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int = 3) -> None:
+        self.root = Path(root)
+        if not self.root.exists():
+            raise BadInputError(f"image folder not found: {self.root}")
+        if not self.root.is_dir():
+            raise BadInputError(f"expected a folder of class subfolders, got a file: {self.root}")
+        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise BadInputError(f"no class subfolders in {self.root} (expected root/<class>/<image>)")
+        self.samples: list[tuple[Path, int]] = []
+        for label, cls in enumerate(self.classes):
+            for path in sorted((self.root / cls).rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                    self.samples.append((path, label))
+        if not self.samples:
+            raise BadInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {self.root}")
+        self.image_size = image_size
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image, UnidentifiedImageError
+
+        path, label = self.samples[index]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BadInputError(f"unreadable image {path}: {exc}") from None
+        return image_to_tensor(arr, self.image_size, self.channels), label
+
+
+def image_folder(path: str | os.PathLike[str], image_size: int, channels: int = 3) -> ImageFolder:
+    """Users' own labelled images, one subfolder per class."""
+    return ImageFolder(path, image_size, channels)
+
+
+def resolve_dataset(
+    spec: str, split: str = "train", image_size: int = 32, channels: int = 3, seed: int = 0
+) -> Dataset[tuple[torch.Tensor, int]]:
+    """``"digits"`` (bundled, split by ``split``) or a folder path (used whole)."""
+    if spec == "digits":
+        return digits(split=split, size=image_size, channels=channels, seed=seed)  # type: ignore[return-value]
+    return image_folder(spec, image_size, channels)

@@ -1,0 +1,225 @@
+"""Atomic file writes and safetensors + JSON save/load with clear errors.
+
+Every file a slimkit tool writes goes through :func:`atomic_write` or
+:func:`atomic_path`, so an interrupted run never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import torch
+from torch import nn
+
+from slimkit.errors import BadInputError, CorruptFileError
+
+T = TypeVar("T")
+
+_META_KEY = "slimkit"
+CONFIG_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OSError(f"nothing was written to {target}")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file for writing; fsync and rename over ``path`` when the block succeeds."""
+    if mode not in {"w", "wb"}:
+        raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
+    with atomic_path(path) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    return Path(path)
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """Read JSON with a one-line error for a missing or unparsable file."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"file not found: {p}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{p} is not valid JSON ({exc})") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Serialize a dataclass config to a plain, JSON-ready dict tagged with its type."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+    data: dict[str, Any] = {"_type": type(cfg).__name__, "_version": CONFIG_VERSION}
+    for field in dataclasses.fields(cfg):
+        data[field.name] = _to_jsonable(getattr(cfg, field.name))
+    return data
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a dataclass config; unknown keys or a wrong ``_type`` are a BadInputError."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(data, Mapping):
+        raise BadInputError(f"{cls.__name__} config must be a JSON object, got {type(data).__name__}")
+    kind = data.get("_type", cls.__name__)
+    if kind != cls.__name__:
+        raise BadInputError(f"config is a {kind}, expected {cls.__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    payload = {k: v for k, v in data.items() if not k.startswith("_")}
+    unknown = sorted(set(payload) - names)
+    if unknown:
+        raise BadInputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    try:
+        return cls(**payload)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"invalid {cls.__name__}: {exc}") from None
+
+
+def save_state_dict(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save tensors as safetensors atomically, with JSON metadata in the header."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    header = {_META_KEY: json.dumps(_to_jsonable(dict(metadata or {})))}
+    with atomic_path(path) as tmp:
+        save_file(_untie(flat), str(tmp), metadata=header)
+    return Path(path)
+
+
+def _untie(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied embeddings); clone the repeats.
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr() if value.numel() else -1
+        if ptr in seen and ptr != -1:
+            value = value.clone()
+        seen.add(ptr)
+        out[key] = value
+    return out
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors file and its slimkit metadata, with clear errors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"file not found: {p}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as handle:
+            raw_meta = handle.metadata() or {}
+        tensors = load_file(str(p))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptFileError(f"{p} is not a readable safetensors file ({exc})") from None
+    meta: dict[str, Any] = {}
+    if _META_KEY in raw_meta:
+        try:
+            meta = json.loads(raw_meta[_META_KEY])
+        except json.JSONDecodeError:
+            raise CorruptFileError(f"{p} has corrupt slimkit metadata") from None
+    return tensors, meta
+
+
+def save_model(
+    directory: str | os.PathLike[str],
+    model: nn.Module,
+    config: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: Any = config_to_dict(config) if dataclasses.is_dataclass(config) else config
+    meta = {"config": cfg, **dict(extra or {})}
+    save_state_dict(out / "model.safetensors", model.state_dict(), meta)
+    save_json(out / "config.json", meta)
+    return out
+
+
+def load_model_files(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`save_model` wrote: ``(state_dict, config_json)``."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise BadInputError(f"model directory not found: {d}")
+    tensors, _ = load_state_dict(d / "model.safetensors")
+    config = load_json(d / "config.json")
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{d / 'config.json'} must hold a JSON object")
+    return tensors, config
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """``load_state_dict`` with one readable error listing every mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
+    problems = []
+    if shapes:
+        problems.append("shape mismatch: " + ", ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+    if strict and missing:
+        problems.append(f"missing {len(missing)} key(s): " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    if strict and unexpected:
+        problems.append(
+            f"unexpected {len(unexpected)} key(s): " + ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        )
+    if problems:
+        raise BadInputError("checkpoint does not fit the model: " + "; ".join(problems))
+    model.load_state_dict(dict(state_dict), strict=strict)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimkit.bench import compare, count_flops, env_header, peak_memory, time_fn
+
+
+def test_time_fn_median() -> None:
+    timing = time_fn(lambda: time.sleep(0.002), warmup=1, repeats=5)
+    assert len(timing.times) == 5 and 0.0015 < timing.median_s < 0.05
+    assert timing.min_s <= timing.median_s
+
+
+def test_compare_ratio_reflects_work() -> None:
+    rows = compare(
+        {"slow": lambda: time.sleep(0.006), "fast": lambda: time.sleep(0.002)}, baseline="slow", warmup=1, repeats=5, items=4
+    )
+    by = {r["name"]: r for r in rows}
+    assert by["slow"]["ratio_vs_baseline"] == pytest.approx(1.0)
+    assert 1.8 < by["fast"]["ratio_vs_baseline"] < 4.0
+    assert by["fast"]["throughput"] > by["slow"]["throughput"]
+    with pytest.raises(ValueError):
+        compare({"a": lambda: None}, baseline="b")
+
+
+def test_flops_linear_exact() -> None:
+    model = nn.Linear(32, 16, bias=False)
+    assert count_flops(model, torch.randn(4, 32)) == 2 * 4 * 32 * 16
+
+
+def test_flops_counts_sdpa_on_cpu() -> None:
+    b, h, n, d = 2, 3, 10, 8
+    q = k = v = torch.randn(b, h, n, d)
+    flops = count_flops(F.scaled_dot_product_attention, q, k, v)
+    assert flops == 4 * b * h * n * n * d  # QK^T and AV, 2 FLOPs per MAC each
+
+
+def test_env_header_and_memory() -> None:
+    header = env_header()
+    assert header["device_type"] in {"cpu", "cuda"} and "torch" in header["versions"]
+    grew = peak_memory(lambda: torch.ones(64, 1024, 1024).sum())
+    assert grew >= 0

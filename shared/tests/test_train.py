@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from slimkit.errors import BadInputError
+from slimkit.train import TrainConfig, TrainContext, find_latest_checkpoint, train
+
+
+def _data(n: int = 96) -> TensorDataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    return TensorDataset(x, y)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(1)
+    # Dropout makes resume depend on restored RNG state, which is what we want to test.
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+
+
+def _cfg(tmp: Path, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(output_dir=str(tmp), max_steps=12, batch_size=16, lr=0.05, progress=False, cpu=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Recorder:
+    """A stateful callback: counts steps, and is checkpointed with the run."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls = 0
+        self.stop_at = stop_at
+
+    def on_step_end(self, ctx: TrainContext) -> None:
+        self.calls += 1
+        if self.stop_at is not None and ctx.step == self.stop_at:
+            raise KeyboardInterrupt  # simulates a run killed mid-way
+
+    def state_dict(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls = state["calls"]
+
+
+def _params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_loss_decreases_and_metrics_written(tmp_path: Path) -> None:
+    model = _model()
+    result = train(model, _data(), _cfg(tmp_path, max_steps=30, log_every=5))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in lines] == [5, 10, 15, 20, 25, 30]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert result.steps == 30 and Path(result.checkpoint_dir).name == "final"
+    # cosine schedule ends at min_lr (0)
+    assert lines[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path: Path) -> None:
+    ref_model = _model()
+    ref_cb = Recorder()
+    train(ref_model, _data(), _cfg(tmp_path / "ref", checkpoint_every=4), callbacks=[ref_cb])
+
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, _data(), _cfg(tmp_path / "run", checkpoint_every=4), callbacks=[Recorder(stop_at=10)])
+    latest = find_latest_checkpoint(tmp_path / "run")
+    assert latest is not None and latest.name == "step_8"
+
+    resumed = _model()  # fresh process state: weights come only from the checkpoint
+    cb = Recorder()
+    result = train(resumed, _data(), _cfg(tmp_path / "run", checkpoint_every=4, resume_from="latest"), callbacks=[cb])
+    assert result.steps == 12
+    assert cb.calls == ref_cb.calls == 12  # callback state restored from the checkpoint
+    torch.testing.assert_close(_params(resumed), _params(ref_model), rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    big = nn.Linear(6, 2)
+    small = nn.Linear(6, 2)
+    small.load_state_dict(big.state_dict())
+    train(big, _data(), _cfg(tmp_path / "a", batch_size=32, shuffle=False, optimizer="sgd"))
+    train(small, _data(), _cfg(tmp_path / "b", batch_size=16, grad_accum_steps=2, shuffle=False, optimizer="sgd"))
+    torch.testing.assert_close(_params(big), _params(small), rtol=1e-5, atol=1e-6)
+
+
+def test_only_given_params_train(tmp_path: Path) -> None:
+    model = _model()
+    frozen = model[0].weight.detach().clone()
+    train(model, _data(), _cfg(tmp_path, max_steps=3), params=list(model[3].parameters()))
+    assert torch.equal(model[0].weight, frozen)
+
+
+def test_bad_config_and_resume_path(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError):
+        _cfg(tmp_path, mixed_precision="fp8")
+    with pytest.raises(BadInputError, match="not a slimkit checkpoint"):
+        train(_model(), _data(), _cfg(tmp_path, resume_from=str(tmp_path)))
+
+
+_WORKER = """
+import sys
+from pathlib import Path
+import torch
+from accelerate import PartialState
+sys.path.insert(0, {tests!r})
+from test_train import _cfg, _data, _model, _params
+from slimkit.train import train
+
+out = Path({out!r})
+model = _model()
+train(model, _data(), _cfg(out / "run", max_steps=6, batch_size=8, checkpoint_every=3))
+torch.save(_params(model), out / f"rank{{PartialState().process_index}}.pt")
+"""
+
+
+def test_accelerate_launch_two_cpu_processes_end_identical(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # `--cpu` alone starts one process in accelerate 1.x (multi-CPU goes through mpirun);
+    # `--multi_gpu` launches through torchrun, and slimkit falls back to CPU + gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(w0, w1)
+    assert not torch.equal(w0, _params(_model()))  # it trained
+    assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
