@@ -1,0 +1,140 @@
+"""Common base of the N:M wrappers: the original module stays reachable as ``base_layer``.
+
+A wrapper owns no copy of the weights: ``wrapper.base_layer.weight`` is the dense latent
+weight the optimizer updates, and attributes the wrapper does not define (``weight``,
+``in_features``, ``stride``, ...) are read from the base layer, PEFT-style, so model code
+that inspects ``self.proj.weight`` keeps working.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nm_sparse.masks import to_gemm_matrix
+from nm_sparse.pattern import NMPattern
+
+
+def module_weight(module: nn.Module) -> Tensor:
+    """``module.weight`` typed as a Tensor (Linear/Conv/BatchNorm)."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
+
+
+#: Module types the wrappers accept.
+SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+class NMLayer(nn.Module):
+    """Base wrapper: subclasses define :meth:`forward_mask` and :meth:`forward`."""
+
+    method: ClassVar[str] = "base"
+
+    def __init__(self, base_layer: nn.Module, pattern: NMPattern, layout: str = "cin") -> None:
+        super().__init__()
+        if not isinstance(base_layer, SUPPORTED_TYPES):
+            raise TypeError(f"{type(self).__name__} wraps Linear/Conv1d/Conv2d, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.n = pattern.n
+        self.m = pattern.m
+        self.layout = layout
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    @property
+    def pattern(self) -> NMPattern:
+        return NMPattern(self.n, self.m)
+
+    @property
+    def dense_weight(self) -> Tensor:
+        return module_weight(self.base_layer)
+
+    @property
+    def dense_bias(self) -> Tensor | None:
+        bias = self.base_layer.bias
+        assert bias is None or isinstance(bias, Tensor)
+        return bias
+
+    def forward_mask(self) -> Tensor:
+        """Boolean mask (weight shape) applied in the forward pass right now."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def effective_weight(self) -> Tensor:
+        """The weight the forward pass uses (dense latent weight times mask)."""
+        return self.dense_weight * self.forward_mask()
+
+    @torch.no_grad()
+    def effective_bias(self) -> Tensor | None:
+        bias = self.dense_bias
+        return None if bias is None else bias.detach().clone()
+
+    def on_step(self) -> None:
+        """Called once per optimizer step (by the callback); most methods need nothing."""
+
+    def refresh(self) -> None:
+        """Recompute cached masks from the current weights without advancing any counter."""
+
+    def to_plain(self) -> nn.Module:
+        """A plain copy of the base layer holding the effective (N:M) weight, for deployment."""
+        plain = copy.deepcopy(self.base_layer)
+        with torch.no_grad():
+            module_weight(plain).copy_(self.effective_weight())
+            bias = self.effective_bias()
+            if bias is not None:
+                if isinstance(plain.bias, Tensor):
+                    plain.bias.copy_(bias)
+                else:
+                    plain.bias = nn.Parameter(bias)
+        return plain
+
+    def gemm_matrix(self, weight: Tensor) -> Tensor:
+        return to_gemm_matrix(weight, self.layout)
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, pattern={self.n}:{self.m}, layout={self.layout}"
+
+
+def apply_layer(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Run ``layer``'s operation with a substitute weight/bias (padding modes included)."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, bias)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        return layer._conv_forward(x, weight, bias)
+    raise TypeError(f"unsupported layer type {type(layer).__name__}")
+
+
+class SRSTEFunction(torch.autograd.Function):
+    """``W ⊙ mask`` forward; backward = dense straight-through gradient + ``decay·(1-mask)⊙W``."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, mask: Tensor, decay: float) -> Tensor:
+        ctx.save_for_backward(weight, mask)
+        ctx.decay = decay
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> tuple[Tensor | None, None, None]:
+        (grad,) = grads
+        weight, mask = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return grad + ctx.decay * (~mask).to(weight.dtype) * weight, None, None
+
+
+def srste(weight: Tensor, mask: Tensor, decay: float) -> Tensor:
+    """Functional SR-STE (see :class:`SRSTEFunction`)."""
+    out = SRSTEFunction.apply(weight, mask, decay)
+    assert isinstance(out, Tensor)
+    return out

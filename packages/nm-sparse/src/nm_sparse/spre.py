@@ -1,0 +1,146 @@
+"""SpRe (Zhang et al., arXiv 2306.05612): spatial re-parameterization for N:M sparsity.
+
+Each k x k conv (k > 1) followed by a BatchNorm becomes two parallel branches:
+
+* main: ``BN_a(conv(x, W_a ⊙ M_a))`` with ``M_a`` the N:M mask (SR-STE, recomputed each forward);
+* extra: ``BN_b(conv(x, W_b ⊙ M_a ⊙ S))`` with its own weights and BatchNorm, no STE;
+  ``S`` is a k x k spatial mask recomputed once per training step from the main branch's
+  dense weights: unstructured layer-wise magnitude pruning at sparsity ``p = 1 - n/m``, and
+  ``S(h, w) = 1`` where that position's sparsity is below ``p``.
+
+The block output is the sum. At deployment both BatchNorms fold into their kernels
+(per-output-channel scaling) and the kernels add up; the extra kernel's support lies inside
+``M_a``, so the single deployed conv keeps the main N:M pattern.
+
+Unlike the official code, which pairs main and extra convs by registration order, the
+wrapper holds the conv *and* the BatchNorm that consumes its output (found by
+:func:`nm_sparse.sparsify.find_conv_bn_pairs`); the BatchNorm's place in the parent becomes
+``nn.Identity``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from nm_sparse.layers import NMLayer, apply_layer, module_weight, srste
+from nm_sparse.masks import spatial_mask_reference, weight_nm_mask
+from nm_sparse.pattern import NMPattern
+from slimkit.errors import BadInputError
+
+
+def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
+    """Per-channel ``(t, b)`` with ``BN(y) = t * y + b`` in eval mode."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise BadInputError("BatchNorm without running statistics cannot be folded")
+    std = torch.sqrt(bn.running_var + bn.eps)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+    scale = gamma / std
+    return scale, beta - bn.running_mean * scale
+
+
+class SpReConv(NMLayer):
+    """Main SR-STE conv + its BatchNorm, plus the spatially masked extra branch."""
+
+    method = "spre"
+
+    def __init__(
+        self,
+        base_layer: nn.Conv2d,
+        base_bn: nn.BatchNorm2d,
+        pattern: NMPattern,
+        layout: str = "cin",
+        decay: float = 2e-4,
+        branch_init: str = "kaiming",
+        branch_gamma: float = 1.0,
+        refresh: str = "step",
+    ) -> None:
+        super().__init__(base_layer, pattern, layout)
+        if not isinstance(base_layer, nn.Conv2d):
+            raise BadInputError("SpRe wraps Conv2d layers")
+        if not isinstance(base_bn, nn.BatchNorm2d) or base_bn.num_features != base_layer.out_channels:
+            raise BadInputError("SpRe needs a BatchNorm2d over the conv's output channels")
+        if not base_bn.track_running_stats:
+            raise BadInputError("SpRe needs a BatchNorm that tracks running statistics (to fold it)")
+        self.base_bn = base_bn
+        self.bn_name = ""  # where the BatchNorm lived in the model (set by sparsify, used by unwrap)
+        self.decay = float(decay)
+        self.refresh_mode = refresh
+        weight = self.dense_weight
+        branch = copy.deepcopy(base_layer)
+        branch.bias = None
+        with torch.no_grad():
+            if branch_init == "kaiming":
+                nn.init.kaiming_normal_(branch.weight, mode="fan_out", nonlinearity="relu")
+            elif branch_init == "zeros":
+                branch.weight.zero_()
+        self.branch = branch
+        self.branch_bn = nn.BatchNorm2d(
+            base_layer.out_channels,
+            eps=base_bn.eps,
+            momentum=base_bn.momentum,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            self.branch_bn.weight.fill_(branch_gamma)
+        self.register_buffer("spatial_mask", torch.ones(weight.shape[2:], dtype=weight.dtype, device=weight.device))
+        self.refresh_spatial_mask()
+
+    @torch.no_grad()
+    def refresh_spatial_mask(self) -> None:
+        """Recompute ``S`` from the main branch's dense weights."""
+        self.current_spatial_mask.copy_(spatial_mask_reference(self.dense_weight, self.n, self.m))
+
+    @property
+    def current_spatial_mask(self) -> Tensor:
+        mask = self.spatial_mask
+        assert isinstance(mask, Tensor)
+        return mask
+
+    def on_step(self) -> None:
+        self.refresh_spatial_mask()
+
+    def refresh(self) -> None:
+        self.refresh_spatial_mask()
+
+    def forward_mask(self) -> Tensor:
+        return weight_nm_mask(self.dense_weight, self.n, self.m, self.layout)
+
+    def branch_mask(self, main_mask: Tensor | None = None) -> Tensor:
+        """``M_a ⊙ S`` broadcast to the weight shape (float)."""
+        main = self.forward_mask() if main_mask is None else main_mask
+        return main.to(self.dense_weight.dtype) * self.current_spatial_mask
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.refresh_mode == "forward" and self.training and torch.is_grad_enabled():
+            self.refresh_spatial_mask()
+        mask = self.forward_mask()
+        main = apply_layer(self.base_layer, x, srste(self.dense_weight, mask, self.decay), self.dense_bias)
+        extra = self.branch._conv_forward(x, module_weight(self.branch) * self.branch_mask(mask), None)
+        return self.base_bn(main) + self.branch_bn(extra)
+
+    @torch.no_grad()
+    def effective_weight(self) -> Tensor:
+        """Deployed kernel: both BatchNorms folded, branches summed (eval-mode equivalent)."""
+        mask = self.forward_mask()
+        scale_a, _ = bn_scale_shift(self.base_bn)
+        scale_b, _ = bn_scale_shift(self.branch_bn)
+        main = self.dense_weight * mask * scale_a.reshape(-1, 1, 1, 1)
+        extra = module_weight(self.branch) * self.branch_mask(mask) * scale_b.reshape(-1, 1, 1, 1)
+        return main + extra
+
+    @torch.no_grad()
+    def effective_bias(self) -> Tensor:
+        scale_a, shift_a = bn_scale_shift(self.base_bn)
+        _, shift_b = bn_scale_shift(self.branch_bn)
+        bias = shift_a + shift_b
+        if self.dense_bias is not None:
+            bias = bias + scale_a * self.dense_bias
+        return bias.detach().clone()
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, decay={self.decay:g}"

@@ -1,0 +1,120 @@
+"""sparsify(): selection rules, skip reports, errors, config round-trip, the training callback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import nm_sparse
+from nm_sparse import NMConfig
+from slimkit.errors import BadInputError
+from slimkit.io import config_from_dict, config_to_dict
+
+
+class Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.odd = nn.Linear(16, 6)  # outputs 6: fine for SR-STE, not for Bi-Mask
+        self.narrow = nn.Linear(6, 16)  # 6 inputs: not divisible by 4
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.narrow(torch.relu(self.odd(torch.relu(self.embed(x)))))))
+
+
+def test_default_selection_keeps_stem_and_classifier_dense(tiny_resnet: nn.Module) -> None:
+    report = nm_sparse.sparsify(tiny_resnet, NMConfig())
+    assert report.names == ["layer1.conv1", "layer1.conv2", "layer2.conv1", "layer2.conv2", "layer2.downsample.0"]
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert reasons == {"conv1": "first conv kept dense", "fc": "last Linear (classifier) kept dense"}
+    assert isinstance(tiny_resnet.layer1.conv1, nm_sparse.SRSTELayer)
+    assert report.sparsified_params == sum(int(mod.weight.numel()) for _, mod in nm_sparse.nm_layers(tiny_resnet))
+    json.loads(report.to_json())
+
+
+def test_include_exclude_globs(tiny_resnet: nn.Module) -> None:
+    report = nm_sparse.sparsify(tiny_resnet, NMConfig(include=["layer2.*"], exclude=["*.downsample.*"]))
+    assert report.names == ["layer2.conv1", "layer2.conv2"]
+
+
+def test_explicit_include_overrides_dense_defaults() -> None:
+    model = Mixed()
+    report = nm_sparse.sparsify(model, NMConfig(include=["head", "embed"]))
+    assert report.names == ["embed", "head"]  # "head" is the last Linear, but it was named
+
+
+def test_non_divisible_layers_are_skipped_with_reason() -> None:
+    model = Mixed()
+    report = nm_sparse.sparsify(model, NMConfig(method="bimask"))
+    reasons = {s.name: s.reason for s in report.skipped}
+    assert reasons["narrow"] == "input features 6 not divisible by m=4"
+    assert "output channels 6" in reasons["odd"]
+    assert report.names == ["embed"]
+    out = model(torch.randn(2, 8))
+    assert out.shape == (2, 3)
+
+
+def test_named_non_divisible_layer_is_an_error_and_model_untouched() -> None:
+    model = Mixed()
+    with pytest.raises(BadInputError, match="narrow: input features 6 not divisible by m=4"):
+        nm_sparse.sparsify(model, NMConfig(include=["embed", "narrow"]))
+    assert not nm_sparse.nm_layers(model)
+    with pytest.raises(BadInputError, match="no Linear/Conv layer: nope"):
+        nm_sparse.sparsify(model, NMConfig(include=["nope"]))
+
+
+def test_flat_layout_changes_eligibility() -> None:
+    # C_in = 6 is not divisible by 4, but the flat reduction size 6*2*2 = 24 is
+    cin = nm_sparse.sparsify(nn.Sequential(nn.Conv2d(6, 8, 2)), NMConfig(keep_first_dense=False))
+    assert cin.names == [] and cin.skipped[0].reason == "cin reduction size 6 not divisible by m=4"
+    flat = nm_sparse.sparsify(nn.Sequential(nn.Conv2d(6, 8, 2)), NMConfig(keep_first_dense=False, layout="flat"))
+    assert flat.names == ["0"]
+
+
+def test_already_sparsified_and_dense_method(tiny_resnet: nn.Module) -> None:
+    dense = nm_sparse.sparsify(tiny_resnet, NMConfig(method="dense"))
+    assert dense.names == [] and all(s.reason in ("method is dense", "first conv kept dense", "last Linear (classifier) kept dense") for s in dense.skipped)
+    nm_sparse.sparsify(tiny_resnet, NMConfig())
+    with pytest.raises(BadInputError, match="already sparsified"):
+        nm_sparse.sparsify(tiny_resnet, NMConfig())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(method="rigl"), dict(pattern="5:4"), dict(layout="nhwc"), dict(decay=-1.0), dict(bimask_scorer="best"), dict(refresh="epoch")],
+)
+def test_config_validation(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(BadInputError):
+        NMConfig(**kwargs)
+
+
+def test_config_roundtrip_and_pattern_forms() -> None:
+    cfg = NMConfig(method="bimask", pattern=(1, 4), include=["a.*"], spre_bn_map={"c": "b"})
+    assert cfg.pattern == "1:4" and (cfg.n, cfg.m) == (1, 4)
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert config_from_dict(NMConfig, data) == cfg
+
+
+def test_step_function_and_callback_in_slimkit_train(tmp_path: Path) -> None:
+    from slimkit.train import TrainConfig, train
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    nm_sparse.sparsify(model, NMConfig(method="bimask", bimask_interval=2, keep_last_dense=True))
+    layers = dict(nm_sparse.nm_layers(model))
+    assert set(layers) == {"1", "3"}
+    x = torch.randn(64, 16)
+    data = TensorDataset(x, (x[:, 0] > 0).long())
+    callback = nm_sparse.NMSparseCallback()
+    config = TrainConfig(output_dir=str(tmp_path), max_steps=5, batch_size=16, lr=1e-2, cpu=True, progress=False, log_every=1)
+    result = train(model, data, config, callbacks=[callback])
+    assert result.steps == 5 and callback.steps == 5
+    assert all(int(layer.step_count) == 5 for layer in layers.values())
+    nm_sparse.step(model)
+    assert all(int(layer.step_count) == 6 for layer in layers.values())
