@@ -216,5 +216,6 @@ def test_quickstart_runs_and_writes_files(tmp_path: Path) -> None:
     assert out["sparsity_of_checked_layers"] == pytest.approx(0.5)
     for name in out["files"]:
         assert Path(name).is_file()
-    assert Path(out["figure"]).read_bytes()[:8] == PNG_MAGIC
+    assert Path(out["heatmap"]).read_bytes()[:8] == PNG_MAGIC
+    assert "val top-1" in out["figure"] and "pattern exact" in out["figure"]
     assert out["val_top1_sparse"] == pytest.approx(out["val_top1_deployed"], abs=0.01)
