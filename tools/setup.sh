@@ -9,12 +9,12 @@ cd "$ROOT"
 PY="${PYTHON:-}"
 if [[ -z "$PY" ]]; then
   for cand in python3.11 python3; do
-    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; raise SystemExit(sys.version_info[:2] < (3, 10))'; then
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; raise SystemExit(sys.version_info[:2] < (3, 11))'; then
       PY="$cand"; break
     fi
   done
 fi
-[[ -n "$PY" ]] || { echo "setup: error: Python >= 3.10 not found (3.11 recommended)" >&2; exit 2; }
+[[ -n "$PY" ]] || { echo "setup: error: Python >= 3.11 not found" >&2; exit 2; }
 
 PACKAGES=(shared $(ls -d packages/*/ 2>/dev/null | sed 's:/$::' | sort))
 STAMP_INPUTS=(tools/setup.sh tools/constraints.txt)
