@@ -1,0 +1,403 @@
+"""``token-rate`` console script: schedules, flops, search, eval, train, bench, visualize, demo.
+
+Every subcommand takes ``--json`` (one JSON document on stdout), ``--device`` and ``--seed``; bad
+input ends in one ``token-rate: error: ...`` line and exit code 2. ``search`` also runs under
+``accelerate launch -m token_rate.cli search ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
+from slimkit.errors import BadInputError
+
+PROG = "token-rate"
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    hint = f" (default without --checkpoint: {default})" if default else ""
+    p.add_argument("--model", default=None, help=f"digits_vit or a timm model name (random init){hint}")
+    p.set_defaults(default_model=default)
+    p.add_argument("--checkpoint", default=None, help="weights: a `token-rate train` folder, .safetensors or .pth")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's/checkpoint's)")
+
+
+def _add_compression(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--schedule", default=None, help="published name (see `token-rate schedules`) or schedule JSON")
+    p.add_argument("--mode", default="official", choices=("official", "weighted"), help="DiffRate merge mode")
+    p.add_argument("--tome-r", type=int, default=None, help="ToMe tokens merged per block")
+
+
+def _positive(name: str, value: float | int | None) -> None:
+    if value is not None and value <= 0:
+        raise BadInputError(f"--{name} must be > 0, got {value}")
+
+
+def _load(args: argparse.Namespace) -> nn.Module:
+    from token_rate.models import load_model
+
+    if args.model is None and args.checkpoint is None and args.default_model is not None:
+        args.model = args.default_model
+    if args.model is None and args.checkpoint is None:
+        raise BadInputError("pass --model NAME and/or --checkpoint PATH (e.g. a folder from `token-rate train`)")
+    return load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
+
+
+def _compression_config(args: argparse.Namespace) -> Any:
+    from token_rate.config import DiffRateConfig, ToMeConfig
+
+    if args.schedule is not None and args.tome_r is not None:
+        raise BadInputError("give either --schedule or --tome-r, not both")
+    if args.schedule is not None:
+        return DiffRateConfig(schedule=args.schedule, mode=args.mode)
+    if args.tome_r is not None:
+        if args.tome_r < 0:
+            raise BadInputError(f"--tome-r must be >= 0, got {args.tome_r}")
+        return ToMeConfig(r=args.tome_r)
+    return None
+
+
+def _dataset(spec: str, split: str, model: nn.Module, seed: int, labelled: bool = True) -> Any:
+    from slimkit.data import resolve_dataset
+    from token_rate.models import input_spec
+
+    size, chans = input_spec(model)
+    path = Path(spec)
+    if spec != "digits" and not labelled and path.is_dir():
+        has_classes = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+        if not has_classes:
+            from token_rate.search import UnlabelledImages
+
+            return UnlabelledImages(path, size, chans)
+    if spec != "digits" and not path.exists():
+        raise BadInputError(f"--data must be 'digits' or an image folder; not found: {spec}")
+    return resolve_dataset(spec, split=split, image_size=size, channels=chans, seed=seed)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    from slimkit.io import save_json
+
+    save_json(path, obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# subcommands
+# ----------------------------------------------------------------------------------------------
+
+
+def cmd_schedules(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.flops import gmacs
+    from token_rate.schedule import list_schedules, load_schedule
+
+    rows = []
+    for name in list_schedules():
+        s = load_schedule(name)
+        rows.append(
+            {
+                "name": name,
+                "model": s.meta.get("model"),
+                "gmacs": round(gmacs(name), 3),
+                "kept_per_block": s.effective(s.num_tokens),
+            }
+        )
+    return {"schedules": rows}
+
+
+def cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.flops import analytic_macs, counted_gmacs, gmacs
+    from token_rate.models import input_spec
+    from token_rate.patch import current_token_counts, model_dims, patch
+
+    model = _load(args)
+    dims = model_dims(model)
+    cfg = _compression_config(args)
+    out: dict[str, Any] = {"model": args.model or "checkpoint", "dims": dims.to_dict()}
+    out["baseline_gmacs"] = analytic_macs(dims) / 1e9
+    size, chans = input_spec(model)
+    example = torch.randn(1, chans, size, size)
+    if args.count:
+        out["baseline_counted_gmacs"] = counted_gmacs(model, example)
+    if cfg is not None:
+        patch(model, cfg)
+        out["config"] = cfg.to_dict()
+        out["gmacs"] = gmacs(model)
+        out["kept_per_block"] = current_token_counts(model)
+        out["reduction"] = 1.0 - out["gmacs"] / out["baseline_gmacs"]
+        if args.count:
+            out["counted_gmacs"] = counted_gmacs(model, example)
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.config import SearchConfig
+    from token_rate.search import SearchSettings, search, search_train_config
+
+    if (args.target_gmacs is None) == (args.target_ratio is None):
+        raise BadInputError("give exactly one of --target-gmacs and --target-ratio")
+    for name in ("steps", "batch_size", "lr", "grad_accum"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model = _load(args)
+    data = _dataset(args.data, "train", model, args.seed, labelled=not args.label_free)
+    settings = SearchSettings(
+        target_gmacs=args.target_gmacs,
+        target_ratio=args.target_ratio,
+        flops_weight=args.flops_weight,
+        penalty=args.penalty,
+        label_free=args.label_free,
+        output=args.output,
+        name=Path(args.output).stem,
+    )
+    work = args.work_dir or str(Path(args.output).with_suffix("")) + "-run"
+    train_cfg = search_train_config(
+        work,
+        args.steps,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        batch_size=args.batch_size,
+        grad_accum_steps=args.grad_accum,
+        checkpoint_every=args.checkpoint_every,
+        resume_from="latest" if args.resume else None,
+        seed=args.seed,
+        cpu=device.type == "cpu",
+        progress=not args.json,
+        log_every=max(1, args.steps // 20),
+    )
+    config = SearchConfig(granularity=args.granularity, mode=args.mode)
+    schedule = search(model.to(device), data, settings, config=config, train_config=train_cfg)
+    meta = schedule.meta
+    return {
+        "output": args.output,
+        "target_gmacs": schedule.target_gmacs,
+        "searched_gmacs": meta["searched_gmacs"],
+        "baseline_gmacs": meta["baseline_gmacs"],
+        "relative_error": meta["relative_error"],
+        "kept_per_block": schedule.effective(schedule.num_tokens),
+        "prune": schedule.prune,
+        "merge": schedule.merge,
+        "steps": meta["steps"],
+        "work_dir": work,
+    }
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.flops import gmacs
+    from token_rate.models import evaluate
+    from token_rate.patch import patch
+
+    device = resolve_device(args.device)
+    model = _load(args)
+    data = _dataset(args.data, "val", model, args.seed)
+    cfg = _compression_config(args)
+    if cfg is not None:
+        patch(model, cfg)
+    top1 = evaluate(model.to(device), data, batch_size=args.batch_size, device=device)
+    return {"data": args.data, "images": len(data), "top1": top1, "gmacs": gmacs(model),
+            "config": cfg.to_dict() if cfg is not None else None}  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.models import train_digits_vit
+
+    _positive("steps", args.steps)
+    _positive("batch-size", args.batch_size)
+    _positive("lr", args.lr)
+    device = resolve_device(args.device)
+    return train_digits_vit(
+        Path(args.output), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        cpu=device.type == "cpu", progress=not args.json,
+    )  # fmt: skip
+
+
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.bench import BenchConfig, run_bench
+
+    if args.threads is not None:
+        _positive("threads", args.threads)
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    model = _load(args)
+    cfg = BenchConfig(
+        schedule=args.schedule, mode=args.mode, tome_r=args.tome_r, include_tome=not args.no_tome,
+        batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype,
+    )  # fmt: skip
+    if cfg.schedule is None and cfg.tome_r is None:
+        raise BadInputError("give --schedule and/or --tome-r to compare against the baseline")
+    result = run_bench(model.to(device), cfg, device)
+    if args.output:
+        _write_json(args.output, result)
+    return result
+
+
+def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from slimkit.data import sample_images
+    from token_rate.config import DiffRateConfig, ToMeConfig
+    from token_rate.visualize import visualize
+
+    model = _load(args)
+    if args.schedule is None and args.tome_r is None:
+        raise BadInputError("give --schedule and/or --tome-r")
+    configs: dict[str, Any] = {}
+    if args.schedule is not None:
+        configs[f"DiffRate {Path(args.schedule).stem if Path(args.schedule).exists() else args.schedule}"] = (
+            DiffRateConfig(schedule=args.schedule, mode=args.mode)
+        )
+    if args.tome_r is not None:
+        if args.tome_r < 0:
+            raise BadInputError(f"--tome-r must be >= 0, got {args.tome_r}")
+        configs[f"ToMe r={args.tome_r}"] = ToMeConfig(r=args.tome_r)
+    path = Path(args.image)
+    if path.suffix:
+        if not path.is_file():
+            raise BadInputError(f"image not found: {path}")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise BadInputError(f"unreadable image {path}: {exc}") from None
+    else:
+        image = sample_images([args.image])[args.image]
+    return visualize(model, image, configs, args.output, title=args.title)
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from token_rate.quickstart import run
+
+    return run(Path(args.output))
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from token_rate import __version__
+
+    parser, sub = make_parser(PROG, "DiffRate token pruning + merging (and ToMe) for vision transformers", __version__)
+
+    p = add_common(sub.add_parser("schedules", help="list the published DiffRate schedules"))
+    p.set_defaults(func=cmd_schedules)
+
+    p = add_common(sub.add_parser("flops", help="analytic and counted GMACs of a model under a schedule / ToMe r"))
+    _add_model(p, default="deit_small_patch16_224")
+    _add_compression(p)
+    p.add_argument("--no-count", dest="count", action="store_false", help="skip the FlopCounterMode cross-check")
+    p.set_defaults(func=cmd_flops)
+
+    p = add_common(sub.add_parser("search", help="search a DiffRate schedule for a GMACs target"))
+    _add_model(p)
+    p.add_argument(
+        "--data", default="digits", help="'digits' or an image folder (class subfolders unless --label-free)"
+    )
+    p.add_argument("--target-gmacs", type=float, default=None)
+    p.add_argument("--target-ratio", type=float, default=None, help="target as a fraction of the model's GMACs")
+    p.add_argument("--output", required=True, help="schedule JSON to write")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--lr", type=float, default=0.01, help="logit learning rate (official 0.01, cosine to lr/10)")
+    p.add_argument("--flops-weight", type=float, default=5.0, help="lambda of the FLOPs penalty (official 5)")
+    p.add_argument("--penalty", default="auto", choices=("auto", "absolute", "relative"))
+    p.add_argument("--granularity", type=int, default=4)
+    p.add_argument("--mode", default="official", choices=("official", "weighted"))
+    p.add_argument("--label-free", action="store_true", help="distil from the uncompressed model (no labels)")
+    p.add_argument("--work-dir", default=None, help="checkpoints/metrics folder (default: <output>-run)")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --work-dir")
+    p.set_defaults(func=cmd_search)
+
+    p = add_common(sub.add_parser("eval", help="top-1 accuracy on a labelled folder or the digits"))
+    _add_model(p)
+    _add_compression(p)
+    p.add_argument("--data", default="digits", help="'digits' (held-out split) or a folder of class subfolders")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_eval)
+
+    p = add_common(sub.add_parser("train", help="train the small digits ViT (so the demo has a model)"))
+    p.add_argument("--output", default="digits-vit", help="folder for model.safetensors + config.json")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.set_defaults(func=cmd_train)
+
+    p = add_common(sub.add_parser("bench", help="throughput: baseline vs DiffRate vs ToMe at matched GMACs"))
+    _add_model(p, default="deit_small_patch16_224")
+    _add_compression(p)
+    p.add_argument("--no-tome", action="store_true", help="skip the matched-GMACs ToMe variant")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--output", default=None, help="also write the JSON report here")
+    p.set_defaults(func=cmd_bench)
+
+    p = add_common(sub.add_parser("visualize", help="PNG of the merged token groups over an image"))
+    _add_model(p, default="deit_small_patch16_224")
+    _add_compression(p)
+    p.add_argument(
+        "--image", default="astronaut", help="image file or scikit-image sample name (astronaut, coffee, ...)"
+    )
+    p.add_argument("--output", default="token-groups.png")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_visualize)
+
+    p = add_common(sub.add_parser("demo", help="the quickstart: train, search, compare (about a minute on CPU)"))
+    p.add_argument("--output", default="token-rate-demo")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _human(result: Any) -> str:
+    if isinstance(result, dict) and "schedules" in result:
+        return format_table(
+            [{**r, "kept_per_block": ",".join(map(str, r["kept_per_block"]))} for r in result["schedules"]]
+        )
+    if isinstance(result, dict) and "rows" in result:
+        cols = ["name", "gmacs", "images_per_s", "median_s", "ratio_vs_baseline", "ratio_min", "ratio_max"]
+        env = result["env"]
+        head = f"device: {env['device']}  threads: {env['torch_threads']}  torch {env['versions'].get('torch')}"
+        return head + "\n" + format_table(result["rows"], cols)
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        lines.append(f"{key}: {value}")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(args.seed)
+    result = args.func(args)
+    emit(result, args.json, _human)
+    return 0
+
+
+main = run_main(_main, PROG)
+
+if __name__ == "__main__":
+    raise SystemExit(main(None))

@@ -1,0 +1,451 @@
+"""Fused kernels for DiffRate's merge step: nearest-destination matching and the scatter merge.
+
+Two ``torch.library`` custom ops, following slimkit.kernels' pattern:
+
+* ``token_rate::best_match(src, dst) -> (sim, idx)``: for every source token, the cosine
+  similarity to its most similar destination token and that destination's index. The Triton
+  kernel normalizes on the fly and keeps a running max/argmax over destination tiles, so the
+  ``Ns x Nd`` similarity matrix is never materialized.
+* ``token_rate::merge(x, size, src, src_size, idx, mode) -> (x', size')``: every source token is
+  folded into its destination ``idx``; ``mode="mean"`` is the official DiffRate unweighted mean
+  of a destination and all its sources, ``mode="weighted"`` is ToMe's size-weighted average.
+  In both modes sizes add. The Triton kernel is a deterministic segmented reduction (a one-hot
+  ``dst x src`` tile times the source tile), so it needs no atomics and gives the same bits run
+  to run.
+
+Dispatch: the CPU body of each op is the PyTorch reference (also under ``TRITON_INTERPRET=1``);
+the CUDA body runs Triton when it is available and falls back to the reference otherwise. The
+``*_triton`` launchers can be called directly on CPU tensors under the interpreter, which is how
+the tests check them against the references.
+
+Autograd: matching is a discrete decision made on a detached metric (as in the official code),
+so :func:`best_match` detaches its inputs and has no gradient. :func:`merge` registers an
+analytic backward (through ``x``, ``src`` and, in weighted mode, the sizes), so the fused op can
+also be used where gradients are needed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slimkit.kernels import autotune_configs, require_triton, use_triton
+
+MERGE_MODES = ("mean", "weighted")
+_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch references (the CPU path)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_match_shapes(src: Tensor, dst: Tensor) -> None:
+    if src.dim() != 3 or dst.dim() != 3:
+        raise ValueError(f"best_match expects [B, N, C] tensors, got {tuple(src.shape)} and {tuple(dst.shape)}")
+    if src.shape[0] != dst.shape[0] or src.shape[2] != dst.shape[2]:
+        raise ValueError(f"best_match: batch/channel mismatch {tuple(src.shape)} vs {tuple(dst.shape)}")
+    if dst.shape[1] == 0 and src.shape[1] > 0:
+        raise ValueError("best_match: no destination tokens to match against")
+
+
+def _best_match_ref(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """Cosine similarity of each source row to every destination row, then max/argmax.
+
+    Rows are L2-normalized with a small floor on the norm so that an all-zero token gives a zero
+    similarity instead of NaN. Ties go to the lowest destination index (``torch.max`` semantics).
+    """
+    _check_match_shapes(src, dst)
+    s = src.float()
+    d = dst.float()
+    s = s / s.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    d = d / d.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    if src.shape[1] == 0:
+        return src.new_zeros(src.shape[0], 0, dtype=torch.float32), src.new_zeros(src.shape[0], 0, dtype=torch.int64)
+    sim = s @ d.transpose(1, 2)
+    best, idx = sim.max(dim=-1)
+    return best, idx
+
+
+def _check_merge_args(x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str) -> None:
+    if mode not in MERGE_MODES:
+        raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
+    b, nd, c = x.shape
+    ns = src.shape[1]
+    if size.shape != (b, nd, 1) or src.shape != (b, ns, c) or src_size.shape != (b, ns, 1) or idx.shape != (b, ns):
+        raise ValueError(
+            "merge: inconsistent shapes "
+            + " ".join(
+                f"{n}={tuple(t.shape)}"
+                for n, t in zip(("x", "size", "src", "src_size", "idx"), (x, size, src, src_size, idx))
+            )
+        )
+
+
+def _merge_weights(size: Tensor, src_size: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """Per-token averaging weights: 1 for the unweighted mean, the token size for ToMe's average."""
+    if mode == "mean":
+        return torch.ones_like(size, dtype=torch.float32), torch.ones_like(src_size, dtype=torch.float32)
+    return size.float(), src_size.float()
+
+
+def _merge_ref(
+    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
+) -> tuple[Tensor, Tensor]:
+    """Fold every source token into destination ``idx``; computed in fp32, returned in x's dtype."""
+    _check_merge_args(x, size, src, src_size, idx, mode)
+    w_dst, w_src = _merge_weights(size, src_size, mode)
+    index = idx.unsqueeze(-1)
+    num = (x.float() * w_dst).scatter_add(1, index.expand(-1, -1, x.shape[2]), src.float() * w_src)
+    den = w_dst.scatter_add(1, index, w_src)
+    new_size = size.float().scatter_add(1, index, src_size.float())
+    return (num / den).to(x.dtype), new_size.to(size.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _best_match_kernel() -> Any:
+    """Build the kernel on first use (Triton is optional; autotune configs depend on the interpreter)."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(
+        configs=autotune_configs(
+            [
+                triton.Config({"BLOCK_S": 32, "BLOCK_D": 32, "BLOCK_C": 32}, num_warps=4),
+                triton.Config({"BLOCK_S": 64, "BLOCK_D": 64, "BLOCK_C": 32}, num_warps=4),
+                triton.Config({"BLOCK_S": 64, "BLOCK_D": 32, "BLOCK_C": 64}, num_warps=4),
+                triton.Config({"BLOCK_S": 128, "BLOCK_D": 64, "BLOCK_C": 32}, num_warps=8),
+            ]
+        ),
+        key=["NS", "ND", "C"],
+    )
+    @triton.jit
+    def kernel(
+        src_ptr, dst_ptr, sim_ptr, idx_ptr,
+        NS, ND, C,
+        s_sb, s_sn, s_sc,
+        d_sb, d_sn, d_sc,
+        o_sb, o_sn,
+        EPS: tl.constexpr,
+        IEEE: tl.constexpr,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        offs_s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+        s_ok = offs_s < NS
+        src_base = src_ptr + b * s_sb
+        dst_base = dst_ptr + b * d_sb
+
+        # Source norms once, up front.
+        sq = tl.zeros([BLOCK_S], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            m = s_ok[:, None] & (offs_c[None, :] < C)
+            v = tl.load(src_base + offs_s[:, None] * s_sn + offs_c[None, :] * s_sc, mask=m, other=0.0).to(tl.float32)
+            sq += tl.sum(v * v, axis=1)
+        inv_s = 1.0 / tl.maximum(tl.sqrt(sq), EPS)
+
+        best = tl.full([BLOCK_S], float("-inf"), dtype=tl.float32)
+        best_idx = tl.zeros([BLOCK_S], dtype=tl.int64)
+        for d0 in range(0, ND, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            d_ok = offs_d < ND
+            acc = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+            dsq = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                offs_c = c0 + tl.arange(0, BLOCK_C)
+                c_ok = offs_c < C
+                a = tl.load(
+                    src_base + offs_s[:, None] * s_sn + offs_c[None, :] * s_sc,
+                    mask=s_ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )
+                # dst tile loaded transposed: [BLOCK_C, BLOCK_D]
+                bt = tl.load(
+                    dst_base + offs_d[None, :] * d_sn + offs_c[:, None] * d_sc,
+                    mask=d_ok[None, :] & c_ok[:, None],
+                    other=0.0,
+                )
+                if IEEE:
+                    acc += tl.dot(a.to(tl.float32), bt.to(tl.float32), input_precision="ieee")
+                else:
+                    acc += tl.dot(a, bt)
+                bf = bt.to(tl.float32)
+                dsq += tl.sum(bf * bf, axis=0)
+            inv_d = 1.0 / tl.maximum(tl.sqrt(dsq), EPS)
+            sim = acc * inv_s[:, None] * inv_d[None, :]
+            sim = tl.where(d_ok[None, :], sim, float("-inf"))
+            tile_best = tl.max(sim, axis=1)
+            tile_idx = tl.argmax(sim, axis=1, tie_break_left=True).to(tl.int64) + d0
+            # Strictly greater: on a tie the earlier tile (lower index) wins, like torch.max.
+            take = tile_best > best
+            best = tl.where(take, tile_best, best)
+            best_idx = tl.where(take, tile_idx, best_idx)
+
+        tl.store(sim_ptr + b * o_sb + offs_s * o_sn, best, mask=s_ok)
+        tl.store(idx_ptr + b * o_sb + offs_s * o_sn, best_idx, mask=s_ok)
+
+    return kernel
+
+
+@functools.cache
+def _merge_kernel() -> Any:
+    """Build the kernel on first use (Triton is optional; autotune configs depend on the interpreter)."""
+    import triton
+    import triton.language as tl
+
+    @triton.autotune(
+        configs=autotune_configs(
+            [
+                triton.Config({"BLOCK_D": 32, "BLOCK_S": 32, "BLOCK_C": 32}, num_warps=4),
+                triton.Config({"BLOCK_D": 64, "BLOCK_S": 32, "BLOCK_C": 64}, num_warps=4),
+                triton.Config({"BLOCK_D": 32, "BLOCK_S": 64, "BLOCK_C": 128}, num_warps=4),
+                triton.Config({"BLOCK_D": 64, "BLOCK_S": 64, "BLOCK_C": 64}, num_warps=8),
+            ]
+        ),
+        key=["ND", "NS", "C"],
+    )
+    @triton.jit
+    def kernel(
+        x_ptr, size_ptr, src_ptr, ssize_ptr, idx_ptr, out_ptr, osize_ptr,
+        ND, NS, C,
+        x_sb, x_sn, x_sc,
+        z_sb, z_sn,
+        s_sb, s_sn, s_sc,
+        zs_sb, zs_sn,
+        i_sb, i_sn,
+        WEIGHTED: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        b = tl.program_id(0)
+        pid_c = tl.program_id(2)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        d_ok = offs_d < ND
+        c_ok = offs_c < C
+
+        dsize = tl.load(size_ptr + b * z_sb + offs_d * z_sn, mask=d_ok, other=0.0).to(tl.float32)
+        if WEIGHTED:
+            w_dst = dsize
+        else:
+            w_dst = tl.where(d_ok, 1.0, 0.0)
+        xt = tl.load(
+            x_ptr + b * x_sb + offs_d[:, None] * x_sn + offs_c[None, :] * x_sc,
+            mask=d_ok[:, None] & c_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        acc = xt * w_dst[:, None]
+        wsum = w_dst
+        ssum = dsize
+        for s0 in range(0, NS, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            s_ok = offs_s < NS
+            tgt = tl.load(idx_ptr + b * i_sb + offs_s * i_sn, mask=s_ok, other=-1)
+            ssz = tl.load(ssize_ptr + b * zs_sb + offs_s * zs_sn, mask=s_ok, other=0.0).to(tl.float32)
+            hit = (tgt[None, :] == offs_d[:, None]) & s_ok[None, :]
+            if WEIGHTED:
+                w = tl.where(hit, ssz[None, :], 0.0)
+            else:
+                w = tl.where(hit, 1.0, 0.0)
+            st = tl.load(
+                src_ptr + b * s_sb + offs_s[:, None] * s_sn + offs_c[None, :] * s_sc,
+                mask=s_ok[:, None] & c_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc += tl.dot(w, st, input_precision="ieee")
+            wsum += tl.sum(w, axis=1)
+            ssum += tl.sum(tl.where(hit, ssz[None, :], 0.0), axis=1)
+
+        safe = tl.where(d_ok, wsum, 1.0)
+        out = acc / safe[:, None]
+        tl.store(
+            out_ptr + b * x_sb + offs_d[:, None] * x_sn + offs_c[None, :] * x_sc,
+            out.to(out_ptr.dtype.element_ty),
+            mask=d_ok[:, None] & c_ok[None, :],
+        )
+        if pid_c == 0:
+            tl.store(osize_ptr + b * z_sb + offs_d * z_sn, ssum.to(osize_ptr.dtype.element_ty), mask=d_ok)
+
+    return kernel
+
+
+def best_match_triton(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """Launch the fused similarity/argmax kernel (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
+    require_triton("best_match_triton")
+    import triton
+
+    _check_match_shapes(src, dst)
+    bsz, ns, c = src.shape
+    nd = dst.shape[1]
+    sim = torch.empty(bsz, ns, device=src.device, dtype=torch.float32)
+    idx = torch.empty(bsz, ns, device=src.device, dtype=torch.int64)
+    if ns == 0 or bsz == 0:
+        return sim, idx
+    if dst.dtype != src.dtype:
+        dst = dst.to(src.dtype)
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int]:
+        return (bsz, triton.cdiv(ns, meta["BLOCK_S"]))
+
+    _best_match_kernel()[grid](
+        src, dst, sim, idx,
+        ns, nd, c,
+        src.stride(0), src.stride(1), src.stride(2),
+        dst.stride(0), dst.stride(1), dst.stride(2),
+        sim.stride(0), sim.stride(1),
+        EPS=_EPS,
+        IEEE=src.dtype == torch.float32,
+    )  # fmt: skip
+    return sim, idx
+
+
+def merge_triton(
+    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
+) -> tuple[Tensor, Tensor]:
+    """Launch the fused, deterministic scatter-merge kernel (accumulates in fp32)."""
+    require_triton("merge_triton")
+    import triton
+
+    _check_merge_args(x, size, src, src_size, idx, mode)
+    bsz, nd, c = x.shape
+    ns = src.shape[1]
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    new_size = torch.empty_like(size, memory_format=torch.contiguous_format)
+    if bsz == 0 or nd == 0:
+        return out, new_size
+    x = x.contiguous()
+    src = src.to(x.dtype)
+    idx = idx.to(torch.int64)
+
+    def grid(meta: dict[str, Any]) -> tuple[int, int, int]:
+        return (bsz, triton.cdiv(nd, meta["BLOCK_D"]), triton.cdiv(c, meta["BLOCK_C"]))
+
+    _merge_kernel()[grid](
+        x, size, src, src_size, idx, out, new_size,
+        nd, ns, c,
+        x.stride(0), x.stride(1), x.stride(2),
+        size.stride(0), size.stride(1),
+        src.stride(0), src.stride(1), src.stride(2),
+        src_size.stride(0), src_size.stride(1),
+        idx.stride(0), idx.stride(1),
+        WEIGHTED=mode == "weighted",
+    )  # fmt: skip
+    return out, new_size
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("token_rate::best_match", mutates_args=())
+def _best_match_op(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    return _best_match_ref(src, dst)
+
+
+@_best_match_op.register_kernel("cuda")
+def _best_match_cuda(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    if use_triton(src, dst):
+        return best_match_triton(src, dst)
+    return _best_match_ref(src, dst)
+
+
+@_best_match_op.register_fake
+def _best_match_fake(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    shape = (src.shape[0], src.shape[1])
+    return src.new_empty(shape, dtype=torch.float32), src.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("token_rate::merge", mutates_args=())
+def _merge_op(x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    return _merge_ref(x, size, src, src_size, idx, mode)
+
+
+@_merge_op.register_kernel("cuda")
+def _merge_cuda(
+    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str
+) -> tuple[Tensor, Tensor]:
+    if use_triton(x, src):
+        return merge_triton(x, size, src, src_size, idx, mode)
+    return _merge_ref(x, size, src, src_size, idx, mode)
+
+
+@_merge_op.register_fake
+def _merge_fake(
+    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str
+) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(size)
+
+
+def _merge_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, size, src, src_size, idx, mode = inputs
+    ctx.mode = mode
+    ctx.save_for_backward(x, size, src, src_size, idx, output[0])
+
+
+def _merge_backward(ctx: Any, grad_out: Tensor | None, grad_size: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Analytic backward: out[d] = (w_d x_d + sum_s w_s src_s) / W_d and size'[d] = size_d + sum_s size_s."""
+    x, size, src, src_size, idx, out = ctx.saved_tensors
+    mode = ctx.mode
+    w_dst, w_src = _merge_weights(size, src_size, mode)
+    index = idx.unsqueeze(-1)
+    den = w_dst.scatter_add(1, index, w_src)  # W_d, [B, Nd, 1]
+    g_x = g_src = g_size = g_ssize = None
+    if grad_out is not None:
+        g = grad_out.float() / den
+        g_at_src = g.gather(1, index.expand(-1, -1, x.shape[2]))
+        g_x = (g * w_dst).to(x.dtype)
+        g_src = (g_at_src * w_src).to(src.dtype)
+        if mode == "weighted":
+            g_size = (g * (x.float() - out.float())).sum(-1, keepdim=True)
+            out_at_src = out.float().gather(1, index.expand(-1, -1, x.shape[2]))
+            g_ssize = (g_at_src * (src.float() - out_at_src)).sum(-1, keepdim=True)
+    if grad_size is not None:
+        gs = grad_size.float()
+        g_size = gs if g_size is None else g_size + gs
+        g_ssize = gs.gather(1, index) if g_ssize is None else g_ssize + gs.gather(1, index)
+    return (
+        g_x,
+        None if g_size is None else g_size.to(size.dtype),
+        g_src,
+        None if g_ssize is None else g_ssize.to(src_size.dtype),
+        None,
+        None,
+    )
+
+
+_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def best_match(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+    """Most cosine-similar destination for each source token: ``(sim [B,Ns] fp32, idx [B,Ns] int64)``.
+
+    Inputs are detached: the matching is a discrete choice on a detached metric (official DiffRate).
+    """
+    return _best_match_op(src.detach(), dst.detach())
+
+
+def merge(
+    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
+) -> tuple[Tensor, Tensor]:
+    """Fold ``src`` tokens into destinations ``idx`` of ``x``; returns ``(new_x, new_size)``.
+
+    ``mode="mean"``: unweighted mean of each destination with all its sources (official DiffRate);
+    ``mode="weighted"``: size-weighted mean (ToMe). Sizes add in both modes. Differentiable.
+    """
+    if mode not in MERGE_MODES:
+        raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
+    return _merge_op(x, size, src, src_size, idx.to(torch.int64), mode)

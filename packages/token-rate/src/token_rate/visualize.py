@@ -1,0 +1,146 @@
+"""Pictures of which image patches ended up in which token (DiffRate and ToMe source tracing).
+
+The patched model is run with ``trace_source=True``; :func:`token_rate.token_source` then maps
+every final token to the input patches it covers. Each group is painted with its mean colour and
+outlined, as in the ToMe and DiffRate papers; patches that were pruned (covered by no token) are
+black.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from slimkit.errors import BadInputError
+from token_rate.config import DiffRateConfig, ToMeConfig
+from token_rate.models import input_spec
+from token_rate.patch import get_context, patch, token_source
+
+__all__ = ["token_groups", "render_groups", "trace_groups", "visualize"]
+
+
+def token_groups(source: Tensor, num_prefix_tokens: int) -> Tensor:
+    """For every input patch, the index of the final token that covers it (``-1``: pruned).
+
+    ``source`` is ``[B, N, N0]`` (final tokens x input tokens, prefix tokens included); returns
+    ``[B, N0 - prefix]`` int64. Indices count final tokens, prefix tokens included.
+    """
+    if source.dim() != 3:
+        raise ValueError(f"source must be [B, N, N0], got {tuple(source.shape)}")
+    cover = source[:, :, num_prefix_tokens:] > 0
+    groups = cover.float().argmax(dim=1)
+    return torch.where(cover.any(dim=1), groups, torch.full_like(groups, -1))
+
+
+def render_groups(
+    image: np.ndarray, groups: np.ndarray, grid: tuple[int, int], pruned_color: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
+    """Paint each group of patches in its mean colour, draw group borders, paint pruned patches.
+
+    ``image`` is uint8 HxWx3 with H, W multiples of the grid; ``groups`` holds one id per patch.
+    Pruned patches are black by default, as in the official notebook.
+    """
+    gh, gw = grid
+    h, w = image.shape[:2]
+    if h % gh or w % gw:
+        raise ValueError(f"image {h}x{w} is not a multiple of the {gh}x{gw} patch grid")
+    if groups.size != gh * gw:
+        raise ValueError(f"{groups.size} group ids for a {gh}x{gw} grid")
+    ph, pw = h // gh, w // gw
+    pixel_group = np.kron(groups.reshape(gh, gw), np.ones((ph, pw), dtype=groups.dtype))
+    img = image.astype(np.float64)
+    out = np.empty_like(img)
+    out[...] = np.asarray(pruned_color, dtype=np.float64)
+    for g in np.unique(groups):
+        if g < 0:
+            continue
+        sel = pixel_group == g
+        out[sel] = img[sel].mean(axis=0)
+    # Borders: pixels whose right or lower neighbour belongs to another group.
+    edge = np.zeros((h, w), dtype=bool)
+    edge[:, :-1] |= pixel_group[:, :-1] != pixel_group[:, 1:]
+    edge[:-1, :] |= pixel_group[:-1, :] != pixel_group[1:, :]
+    out[edge] = out[edge] * 0.35 + 255 * 0.65
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _with_trace(config: Any) -> Any:
+    if isinstance(config, (DiffRateConfig, ToMeConfig)):
+        return dataclasses.replace(config, trace_source=True)
+    return DiffRateConfig(schedule=config, trace_source=True)
+
+
+def trace_groups(model: nn.Module, image: Tensor, config: Any) -> tuple[np.ndarray, int]:
+    """Run a traced copy of ``model`` under ``config`` on one image; ``(group id per patch, tokens left)``."""
+    clone = copy.deepcopy(model).eval()
+    patch(clone, _with_trace(config))
+    with torch.no_grad():
+        clone(image.unsqueeze(0))
+    source = token_source(clone)
+    if source is None:  # pragma: no cover - trace_source is always set above
+        raise RuntimeError("no source map was traced")
+    prefix = get_context(clone).info.num_prefix_tokens
+    return token_groups(source, prefix)[0].cpu().numpy(), int(source.shape[1])
+
+
+def visualize(
+    model: nn.Module,
+    image: np.ndarray,
+    configs: Mapping[str, Any],
+    output: str | os.PathLike[str],
+    title: str | None = None,
+    pruned_color: tuple[int, int, int] = (0, 0, 0),
+) -> dict[str, Any]:
+    """Save a PNG: the image, then its token groups under each named config (schedule / ToMeConfig)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slimkit.data import image_to_tensor
+    from slimkit.io import atomic_path
+
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise BadInputError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    size, chans = input_spec(model)
+    grid_h, grid_w = (int(v) for v in getattr(model.patch_embed, "grid_size"))  # noqa: B009
+    tensor = image_to_tensor(image, size, chans)
+    shown = ((tensor.expand(3, -1, -1) if chans == 1 else tensor) * 0.5 + 0.5).clamp(0, 1)
+    shown_np = (shown.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    scale = max(1, 224 // size)  # draw small inputs (digits) big enough to see
+    shown_np = np.kron(shown_np, np.ones((scale, scale, 1), dtype=np.uint8))
+    panels = [("input", shown_np, None)]
+    summary: dict[str, Any] = {"output": str(output), "panels": {}}
+    for name, config in configs.items():
+        groups, tokens = trace_groups(model, tensor, config)
+        pruned = int((groups < 0).sum())
+        panels.append(
+            (f"{name}: {tokens} tokens", render_groups(shown_np, groups, (grid_h, grid_w), pruned_color), None)
+        )
+        summary["panels"][name] = {
+            "tokens": tokens,
+            "pruned_patches": pruned,
+            "groups": len(set(groups.tolist()) - {-1}),
+        }
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (label, arr, _) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(arr)
+        ax.set_title(label, fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return summary

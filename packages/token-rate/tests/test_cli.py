@@ -1,0 +1,205 @@
+"""The ``token-rate`` CLI end to end (in process), and model / checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slimkit.data import digits
+from slimkit.errors import BadInputError, CorruptFileError
+from token_rate import load_schedule
+from token_rate.cli import main
+from token_rate.models import digits_vit, load_model, read_checkpoint, save_trained
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json(capsys, *argv):
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _bad(capsys, *argv):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("token-rate") and ": error: " in lines[0], err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny digits ViT trained for a few steps through `token-rate train`."""
+    out = tmp_path_factory.mktemp("cli") / "model"
+    code = main(["train", "--output", str(out), "--steps", "4", "--batch-size", "32", "--json"])
+    assert code == 0
+    return out
+
+
+def test_schedules_lists_published(capsys):
+    rows = {r["name"]: r for r in _json(capsys, "schedules")["schedules"]}
+    assert rows["deit_small@2.9"]["gmacs"] == pytest.approx(2.905, abs=1e-3)
+    assert rows["deit_small@2.9"]["kept_per_block"] == [197, 194, 176, 156, 141, 133, 121, 107, 88, 64, 56, 3]
+    code, out, _ = _run(capsys, "schedules")
+    assert code == 0 and "deit_small@2.9" in out
+
+
+def test_flops_published_schedule_and_tome(capsys):
+    res = _json(capsys, "flops", "--model", "deit_small_patch16_224", "--schedule", "deit_small@2.9")
+    assert res["baseline_gmacs"] == pytest.approx(4.599, abs=2e-3)
+    assert res["gmacs"] == pytest.approx(2.905, abs=1e-3)
+    # The counted figure adds the small matmuls the method itself runs (class attention, matching).
+    assert res["counted_gmacs"] == pytest.approx(res["gmacs"], rel=0.02)
+    assert res["baseline_counted_gmacs"] == pytest.approx(res["baseline_gmacs"], rel=0.005)
+    res = _json(capsys, "flops", "--model", "deit_small_patch16_224", "--tome-r", "13", "--no-count")
+    assert res["gmacs"] == pytest.approx(2.71, abs=0.01)
+    assert "counted_gmacs" not in res
+
+
+def test_train_eval_search_on_digits(capsys, trained, tmp_path):
+    assert (trained / "model.safetensors").is_file() and (trained / "config.json").is_file()
+    base = _json(capsys, "eval", "--checkpoint", str(trained))
+    assert 0.0 <= base["top1"] <= 1.0 and base["images"] == len(digits("val"))
+    sched_path = tmp_path / "sched.json"
+    res = _json(
+        capsys, "search", "--checkpoint", str(trained), "--target-ratio", "0.6", "--steps", "3",
+        "--batch-size", "16", "--output", str(sched_path), "--checkpoint-every", "2",
+    )  # fmt: skip
+    sched = load_schedule(sched_path)
+    assert sched.merge == res["merge"] and res["steps"] == 3
+    assert res["searched_gmacs"] == pytest.approx(sched.meta["searched_gmacs"])
+    # --resume continues the same run to a larger step budget.
+    res2 = _json(
+        capsys, "search", "--checkpoint", str(trained), "--target-ratio", "0.6", "--steps", "5",
+        "--batch-size", "16", "--output", str(sched_path), "--resume",
+    )  # fmt: skip
+    assert res2["steps"] == 5
+    comp = _json(capsys, "eval", "--checkpoint", str(trained), "--schedule", str(sched_path))
+    assert comp["gmacs"] == pytest.approx(res2["searched_gmacs"])
+    tome = _json(capsys, "eval", "--checkpoint", str(trained), "--tome-r", "8")
+    assert tome["gmacs"] < base["gmacs"]
+
+
+def test_label_free_search_on_unlabelled_folder(capsys, trained, tmp_path):
+    from PIL import Image
+
+    for i in range(6):
+        Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()).save(tmp_path / f"{i}.png")
+    out = tmp_path / "s.json"
+    res = _json(
+        capsys, "search", "--checkpoint", str(trained), "--data", str(tmp_path), "--label-free",
+        "--target-ratio", "0.7", "--steps", "2", "--batch-size", "4", "--output", str(out),
+    )  # fmt: skip
+    assert out.is_file() and res["steps"] == 2
+
+
+def test_bench_and_visualize_small_model(capsys, trained, tmp_path):
+    res = _json(
+        capsys, "bench", "--checkpoint", str(trained), "--tome-r", "8", "--batch-size", "4",
+        "--warmup", "1", "--repeats", "2", "--output", str(tmp_path / "bench.json"),
+    )  # fmt: skip
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["baseline", "tome_r8"]
+    assert res["rows"][0]["ratio_vs_baseline"] == pytest.approx(1.0)
+    assert res["rows"][1]["gmacs"] < res["rows"][0]["gmacs"]
+    assert "torch" in res["env"]["versions"]
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"][1]["name"] == "tome_r8"
+    png = tmp_path / "groups.png"
+    res = _json(
+        capsys, "visualize", "--checkpoint", str(trained), "--tome-r", "6", "--image", "coffee", "--output", str(png)
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG" and res["panels"]["ToMe r=6"]["tokens"] < 65
+
+
+def test_bench_matches_tome_to_the_schedule(capsys, trained, tmp_path):
+    from token_rate import Schedule
+
+    path = tmp_path / "s.json"
+    Schedule([65] * 6, [65, 60, 50, 40, 30, 20], num_tokens=65).save(path)
+    res = _json(
+        capsys, "bench", "--checkpoint", str(trained), "--schedule", str(path), "--batch-size", "2",
+        "--warmup", "0", "--repeats", "1",
+    )  # fmt: skip
+    rows = {r["name"]: r for r in res["rows"]}
+    tome = next(r for n, r in rows.items() if n.startswith("tome_r"))
+    # The matched ToMe r is the one whose GMACs are closest to the schedule's.
+    assert abs(tome["gmacs"] - rows["diffrate"]["gmacs"]) / rows["diffrate"]["gmacs"] < 0.1
+
+
+def test_bad_inputs_are_one_line_errors(capsys, trained, tmp_path):
+    assert "checkpoint not found" in _bad(capsys, "eval", "--checkpoint", str(tmp_path / "nope"))
+    assert "unknown schedule" in _bad(capsys, "eval", "--checkpoint", str(trained), "--schedule", "deit_small@9.9")
+    assert "either" in _bad(capsys, "eval", "--checkpoint", str(trained), "--schedule", "x@1", "--tome-r", "2")
+    corrupt = tmp_path / "bad.safetensors"
+    corrupt.write_bytes(b"not a safetensors file at all")
+    assert "not a readable safetensors" in _bad(capsys, "eval", "--model", "digits_vit", "--checkpoint", str(corrupt))
+    # Published DeiT-S schedule on the 65-token digits model.
+    assert "input tokens" in _bad(capsys, "eval", "--checkpoint", str(trained), "--schedule", "deit_small@2.9")
+    assert "exactly one" in _bad(capsys, "search", "--checkpoint", str(trained), "--output", str(tmp_path / "o.json"))
+    assert "not below" in _bad(
+        capsys, "search", "--checkpoint", str(trained), "--output", str(tmp_path / "o.json"), "--target-gmacs", "5"
+    )
+    assert "--steps" in _bad(
+        capsys, "search", "--checkpoint", str(trained), "--output", "o.json", "--target-ratio", ".5", "--steps", "0"
+    )
+    assert "--data" in _bad(capsys, "eval", "--checkpoint", str(trained), "--data", str(tmp_path / "missing"))
+    assert "unknown model" in _bad(capsys, "flops", "--model", "resnet_nonexistent_42")
+    assert "pass --model" in _bad(capsys, "eval")
+    assert "invalid choice" in _bad(capsys, "eval", "--mode", "median")
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_load_model_checkpoint_formats(tmp_path):
+    torch.manual_seed(0)
+    model = digits_vit(depth=2, embed_dim=32, num_heads=2).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    # 1) a `token-rate train` folder rebuilds itself from config.json
+    save_trained(tmp_path / "run", model, "digits_vit", {"depth": 2, "embed_dim": 32, "num_heads": 2})
+    with torch.no_grad():
+        assert torch.equal(load_model(checkpoint=tmp_path / "run")(x), ref)
+    # 2) the bare safetensors file carries the same metadata
+    with torch.no_grad():
+        assert torch.equal(load_model(checkpoint=tmp_path / "run" / "model.safetensors")(x), ref)
+    # 3) a timm-style .pth wrapped in {"state_dict": ...} with DDP "module." prefixes
+    pth = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, pth)
+    state, spec = read_checkpoint(pth)
+    assert spec is None and set(state) == set(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(load_model("digits_vit", checkpoint=pth, depth=2, embed_dim=32, num_heads=2)(x), ref)
+    # Mismatched architecture: a clear error naming the problem.
+    with pytest.raises(BadInputError, match="does not fit"):
+        load_model("digits_vit", checkpoint=pth)
+    with pytest.raises(BadInputError, match="no model given"):
+        load_model(checkpoint=pth)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00\x01 definitely not a pickle")
+    with pytest.raises(CorruptFileError):
+        load_model("digits_vit", checkpoint=garbage)
+    with pytest.raises(BadInputError, match="unsupported checkpoint"):
+        load_model("digits_vit", checkpoint=tmp_path / "run" / "config.json")
+
+
+def test_timm_model_by_name_num_classes():
+    model = load_model("deit_tiny_patch16_224", num_classes=7)
+    assert model.head.out_features == 7 and not model.training
+
+
+@pytest.mark.slow
+def test_demo_quickstart(capsys, tmp_path):
+    res = _json(capsys, "demo", "--output", str(tmp_path / "demo"))
+    assert abs(res["relative_error"]) < 0.05
+    for f in res["files"]:
+        assert (tmp_path / "demo").exists() and f
+    names = [r["name"] for r in res["rows"]]
+    assert names[0] == "uncompressed" and names[1] == "diffrate"

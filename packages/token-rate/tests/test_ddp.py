@@ -1,0 +1,168 @@
+"""The Differentiable Discrete Proxy and search mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import token_rate
+from slimkit.errors import BadInputError
+from token_rate import DiffRateConfig, Schedule, SearchConfig
+from token_rate.ddp import DiffRate, ste_ceil
+
+
+def test_candidates_and_uniform_start():
+    d = DiffRate(196, num_prefix_tokens=1, granularity=4)
+    assert len(d.candidates) == 49 and d.candidates[0] == 196 and d.candidates[-1] == 4
+    assert d.kept_int() == 101  # mean of {196, ..., 4} = 100, + class token
+    fixed = DiffRate(196, fixed=True)
+    assert fixed.candidates.tolist() == [196.0] and fixed.kept_int() == 197
+
+
+def test_ste_ceil_gradient_is_identity():
+    x = torch.tensor([2.2, 3.0], requires_grad=True)
+    y = ste_ceil(x)
+    assert y.tolist() == [3.0, 3.0]
+    y.sum().backward()
+    assert x.grad is not None and x.grad.tolist() == [1.0, 1.0]
+
+
+def test_keep_probability_and_mask():
+    torch.manual_seed(0)
+    d = DiffRate(16, num_prefix_tokens=1, granularity=4)  # candidates 16, 12, 8, 4
+    with torch.no_grad():
+        d.logits.copy_(torch.randn(4))
+    p = d.probabilities()
+    keep = d.keep_probability(17)
+    # P_j = sum of p_i with c_i + 1 > j
+    expect = torch.stack([sum(p[i] for i in range(4) if d.candidates[i] + 1 > j) for j in range(17)])
+    torch.testing.assert_close(keep, expect)
+    assert keep[0].item() == pytest.approx(1.0) and (keep[1:] <= keep[:-1] + 1e-7).all()
+    mask = d.token_mask(17, k=9, active=13)
+    assert mask.detach().tolist() == [1.0] * 9 + [0.0] * 4 + [1.0] * 4
+    mask[9:13].sum().backward()
+    assert d.logits.grad is not None and d.logits.grad.abs().sum() > 0
+
+
+def test_search_gradient_reaches_compressing_logits(timm_model, images):
+    model = timm_model("vit", depth=4)
+    init = Schedule([17, 15, 12, 9], [17, 13, 10, 7])
+    token_rate.patch(model, SearchConfig(granularity=1, init_schedule=init))
+    model.train()
+    out = model(images)
+    counts = token_rate.last_token_counts(model)
+    assert counts[0] == 17 and 17 > counts[1] > counts[2] > counts[3]
+    out.square().mean().backward()  # task loss only: gradient must come through the masks
+    ddp = model.token_rate_ddp
+    assert ddp.prune[0].logits.grad is None or ddp.prune[0].logits.grad.abs().sum() == 0  # fixed block
+    # a block's mask acts on the *following* blocks' attention keys, so the last block's logits
+    # only learn from the FLOPs term (as in the official code)
+    for i in (1, 2):
+        assert ddp.prune[i].logits.grad.abs().sum() > 0
+        assert ddp.merge[i].logits.grad.abs().sum() > 0
+    # the backbone is frozen, only the logits are trainable
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in token_rate.arch_parameters(model)}
+
+
+def test_search_flops_gradient_and_export(timm_model):
+    model = timm_model("vit")
+    token_rate.patch(model, SearchConfig())
+    g = token_rate.search_gmacs(model)
+    assert g.item() == pytest.approx(token_rate.gmacs(model), rel=1e-6)
+    ((g - 0.0) ** 2).backward()
+    ddp = model.token_rate_ddp
+    for i in (1, 2):
+        assert ddp.prune[i].logits.grad.abs().sum() > 0 and ddp.merge[i].logits.grad.abs().sum() > 0
+    sched = token_rate.export_schedule(model, name="found")
+    assert sched.prune == [17, 11, 11] and sched.merge == [17, 11, 11]
+    assert token_rate.current_token_counts(model) == sched.effective()
+
+
+def test_search_train_step_matches_sliced_inference(timm_model, images):
+    """Masking tokens out of the keys (search) == removing them (inference) for the class token."""
+    model = timm_model("vit")
+    token_rate.patch(model, SearchConfig(granularity=1, size_clamp_in_train=False,
+                                         init_schedule=Schedule([17, 14, 10], [15, 11, 7])))
+    model.train()
+    with torch.no_grad():
+        searched = model(images)
+    sched = token_rate.export_schedule(model)
+    assert token_rate.last_token_counts(model) == sched.effective()
+    token_rate.patch(model, DiffRateConfig(schedule=sched))
+    model.eval()
+    with torch.no_grad():
+        sliced = model(images)
+    assert token_rate.last_token_counts(model) == sched.effective()
+    torch.testing.assert_close(searched, sliced, atol=1e-4, rtol=1e-4)
+
+
+def test_search_eval_mode_slices(timm_model, images):
+    model = timm_model("global_pool")
+    token_rate.patch(model, SearchConfig())
+    assert model.token_rate_ddp.fixed_blocks == (0, 2)  # avg pool: last block fixed too
+    with torch.no_grad():
+        out = model(images)
+    assert out.shape == (2, 10)
+    assert token_rate.last_token_counts(model) == token_rate.export_schedule(model).effective()
+    token_rate.unpatch(model)
+    assert "token_rate_ddp" not in dict(model.named_modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_unsupported_models_raise():
+    with pytest.raises(BadInputError, match="unsupported model"):
+        token_rate.patch(torch.nn.Linear(3, 3), "deit_small@2.9")
+    with pytest.raises(BadInputError, match="not in search mode"):
+        token_rate.arch_parameters(token_rate.patch(_tiny_vit(), Schedule([17, 17, 17], [17, 17, 17])))
+
+
+def test_unsupported_timm_parts_are_named():
+    import timm
+
+    with pytest.raises(BadInputError, match="attention-pool"):
+        token_rate.patch(timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                           depth=1, embed_dim=32, num_heads=2, global_pool="map"),
+                         token_rate.ToMeConfig(r=1))
+    model = _tiny_vit()
+    with pytest.raises(BadInputError, match="has 2 blocks but the model has 3"):
+        token_rate.patch(model, Schedule([17, 17], [17, 17]))
+    with pytest.raises(BadInputError, match="197 input tokens but the model has 17"):
+        token_rate.patch(model, "deit_small@2.9")
+
+
+def _tiny_vit():
+    import timm
+
+    return timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=3,
+                             embed_dim=32, num_heads=2)
+
+
+def test_warm_start_lands_near_the_requested_count():
+    for granularity in (1, 4):
+        d = DiffRate(196, granularity=granularity)
+        for kept in (180, 101, 40):
+            d.set_kept(kept)
+            assert abs(d.kept_int() - kept) <= granularity + 1
+            assert d.probabilities().max() < 0.99  # still soft enough to learn
+
+
+def test_gradient_checkpointing_is_refused(timm_model):
+    model = timm_model("vit")
+    model.set_grad_checkpointing(True)
+    with pytest.raises(BadInputError, match="gradient checkpointing"):
+        token_rate.patch(model, SearchConfig())
+
+
+def test_search_masking_can_be_forced_in_eval_mode(timm_model, images):
+    model = timm_model("vit")
+    token_rate.patch(model, SearchConfig())
+    token_rate.set_search_masking(model, True)  # eval-mode backbone, differentiable masks
+    out = model(images)
+    assert out.shape == (2, 10)
+    assert token_rate.get_context(model).state.mask is not None  # constant length, masked keys
+    out.square().mean().backward()
+    assert model.token_rate_ddp.prune[1].logits.grad.abs().sum() > 0
+    token_rate.set_search_masking(model, None)
+    with torch.no_grad():
+        model(images)
+    assert token_rate.get_context(model).state.mask is None  # eval: sliced

@@ -1,0 +1,97 @@
+"""ToMe baseline: r parsing, merge invariants, counts, LayerScale and the published r=13 count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import token_rate
+from slimkit.errors import BadInputError
+from token_rate import ToMeConfig
+from token_rate.tome import bipartite_merge, parse_r
+
+
+def test_parse_r_forms():
+    assert parse_r(4, 3) == [3, 3, 3, 3]
+    assert parse_r(3, (4, -1.0)) == [8, 4, 0]  # decreasing schedule: 2r ... 0
+    assert parse_r(3, (4, 1.0)) == [0, 4, 8]
+    assert parse_r(4, [5, 2]) == [5, 2, 0, 0]
+    assert sum(parse_r(12, (8, -0.5))) == pytest.approx(8 * 12, abs=12)
+
+
+def test_config_rejects_bad_r():
+    for bad in (-1, (3, 2.0), [1, -2], "3"):
+        with pytest.raises(BadInputError):
+            ToMeConfig(r=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefix", [1, 2, 5])
+def test_bipartite_merge_invariants(prefix):
+    torch.manual_seed(0)
+    b, n, c, r = 2, 15, 6, 4
+    x = torch.randn(b, n, c)
+    source = torch.eye(n).expand(b, n, n).contiguous()
+    out, size, src = bipartite_merge(x, torch.randn(b, n, c), r, prefix, None, source)
+    assert out.shape == (b, n - r, c)
+    torch.testing.assert_close(out[:, :prefix], x[:, :prefix])
+    assert torch.equal(src.sum(dim=1), torch.ones(b, n))  # every input token in exactly one output token
+    torch.testing.assert_close(size[..., 0], src.sum(dim=-1))  # sizes count covered patches
+    torch.testing.assert_close(out, (src @ x) / src.sum(-1, keepdim=True))  # size-weighted mean
+    assert torch.equal(size[:, :prefix], torch.ones(b, prefix, 1))
+
+
+def test_single_class_token_order_matches_official_layout():
+    """[class, unmerged A (even indices, original order), B (odd indices)] as in the official code."""
+    torch.manual_seed(0)
+    n = 9
+    x = torch.randn(1, n, 4)
+    metric = torch.randn(1, n, 4)
+    source = torch.eye(n)[None].clone()
+    out, _, src = bipartite_merge(x, metric, 1, 1, None, source)
+    assert out.shape[1] == 8
+    assert src[0, 0].nonzero().flatten().tolist() == [0]
+    kept_a = [int(src[0, t].nonzero()[0]) for t in range(1, 4)]  # unmerged A tokens cover one patch each
+    assert all(i % 2 == 0 and src[0, t].sum() == 1 for t, i in zip(range(1, 4), kept_a))
+    assert kept_a == sorted(kept_a)
+    assert [bool(src[0, 4 + j, 2 * j + 1]) for j in range(4)] == [True] * 4  # B tokens in order
+
+
+def test_r_is_capped_at_half_the_patches(timm_model, images):
+    model = timm_model("vit")
+    token_rate.patch(model, ToMeConfig(r=100))
+    with torch.no_grad():
+        model(images)
+    assert token_rate.last_token_counts(model) == [9, 5, 3]  # 17 -> 17 - 8 -> 9 - 4 -> 5 - 2
+    assert token_rate.current_token_counts(model) == [9, 5, 3]
+
+
+def test_tome_with_layerscale_and_sizes(timm_model, images):
+    model = timm_model("deit3_layerscale")
+    token_rate.patch(model, ToMeConfig(r=[3, 2, 2], trace_source=True))
+    with torch.no_grad():
+        out = model(images)
+    assert torch.isfinite(out).all()
+    assert token_rate.last_token_counts(model) == [14, 12, 10]
+    src = token_rate.token_source(model)
+    assert torch.equal(src.sum(dim=1), torch.ones(2, 17))
+    assert torch.equal(token_rate.get_context(model).state.size[..., 0], src.sum(-1))
+
+
+def test_tome_on_hf(hf_model, hf_out, images):
+    model = hf_model("classifier")
+    token_rate.patch(model, ToMeConfig(r=4))
+    with torch.no_grad():
+        assert hf_out(model, images).shape == (2, 10)
+    assert token_rate.last_token_counts(model) == [13, 9, 5]
+
+
+def test_tome_avg_pool_is_size_weighted(timm_model, images):
+    """With sizes, the avg-pool head equals the mean over the *original* patches of merged tokens."""
+    model = timm_model("global_pool")
+    token_rate.patch(model, ToMeConfig(r=[4, 0, 0], trace_source=True))
+    feats = model.forward_features(images)
+    pooled = model.pool(feats)
+    ctx = token_rate.get_context(model)
+    w = ctx.state.size[:, 1:, 0]
+    torch.testing.assert_close(pooled, (feats[:, 1:] * w[..., None]).sum(1) / w.sum(1, keepdim=True))
+    assert w.sum(1).eq(16).all()
