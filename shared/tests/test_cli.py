@@ -62,3 +62,12 @@ def test_console_script_env_json() -> None:
     )
     header = json.loads(out.stdout)
     assert header["versions"]["torch"] and header["torch_threads"] >= 1
+
+
+def test_only_rank_zero_prints(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    emit({"a": 1}, True)
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    emit({"a": 1}, True)
+    assert json.loads(capsys.readouterr().out) == {"a": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -89,7 +90,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) -> None:
-    """Print one JSON document, or a human-readable rendering of the same result."""
+    """Print one JSON document, or a human-readable rendering of the same result.
+
+    Under ``accelerate launch``/torchrun only rank 0 prints, so ``--json`` output stays one document.
+    """
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return
     if as_json:
         print(json.dumps(result, indent=2, default=_json_default))
         return

@@ -1,0 +1,42 @@
+"""Both package CLIs train under `accelerate launch` with two CPU processes (gloo via torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAUNCH = [
+    sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+]  # fmt: skip
+
+
+def _run(cmd: list[str], cwd: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # exactly one JSON document: only rank 0 prints
+
+
+def test_nm_sparse_train_two_processes(tmp_path: Path) -> None:
+    pytest.importorskip("nm_sparse")
+    out = _run([*LAUNCH, "-m", "nm_sparse.cli", "train", "--method", "srste", "--pattern", "2:4", "--steps", "6",
+                "--output", "run", "--checkpoint-every", "3", "--json", "--no-progress"], tmp_path)
+    assert out["steps"] == 6
+    assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+
+
+def test_token_rate_search_two_processes(tmp_path: Path) -> None:
+    pytest.importorskip("token_rate")
+    subprocess.run([sys.executable, "-m", "token_rate.cli", "train", "--output", "model", "--steps", "5"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    out = _run([*LAUNCH, "-m", "token_rate.cli", "search", "--checkpoint", "model", "--target-ratio", "0.5",
+                "--steps", "4", "--batch-size", "8", "--output", "sched.json", "--json"], tmp_path)
+    assert out["steps"] == 4
+    schedule = json.loads((tmp_path / "sched.json").read_text())
+    assert len(schedule["prune"]) == len(schedule["merge"]) == len(out["kept_per_block"])
