@@ -275,7 +275,13 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
             raise BadInputError(f"unreadable image {path}: {exc}") from None
     else:
         image = sample_images([args.image])[args.image]
-    return visualize(model, image, configs, args.output, title=args.title)
+    block: str | int | None = args.block
+    if args.block is not None and args.block.strip().lower() != "all":
+        try:
+            block = int(args.block)
+        except ValueError:
+            raise BadInputError(f"--block must be an integer (negative counts back) or 'all', got {block!r}") from None
+    return visualize(model, image, configs, args.output, title=args.title, block=block)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -359,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="token-groups.png")
     p.add_argument("--title", default=None)
+    p.add_argument("--block", default=None,
+                   help="draw the groups after this block (default: the last; -1 = last, 'all' = one panel per block)")
     p.set_defaults(func=cmd_visualize)
 
     p = add_common(sub.add_parser("demo", help="the quickstart: train, search, compare (about a minute on CPU)"))
