@@ -203,3 +203,17 @@ def test_demo_quickstart(capsys, tmp_path):
         assert (tmp_path / "demo").exists() and f
     names = [r["name"] for r in res["rows"]]
     assert names[0] == "uncompressed" and names[1] == "diffrate"
+
+
+def test_search_warm_start_from_kept_counts(capsys, trained, tmp_path):
+    # with a learning rate of ~0 the searched schedule stays at the warm start (to the candidate grid)
+    res = _json(
+        capsys, "search", "--checkpoint", str(trained), "--target-ratio", "0.5", "--steps", "1", "--lr", "1e-9",
+        "--batch-size", "8", "--output", str(tmp_path / "w.json"), "--init-schedule", "53,41,29,21,13,5",
+    )  # fmt: skip
+    kept = res["kept_per_block"]
+    assert kept[0] == 65 and all(abs(k - w) <= 4 for k, w in zip(kept[1:], [41, 29, 21, 13, 5]))
+    assert kept == sorted(kept, reverse=True)
+    _bad(capsys, "search", "--checkpoint", str(trained), "--target-ratio", "0.5", "--steps", "1",
+         "--output", str(tmp_path / "x.json"), "--init-schedule", "53,41")
+    assert not (tmp_path / "x.json").exists()

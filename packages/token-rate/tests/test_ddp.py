@@ -166,3 +166,26 @@ def test_search_masking_can_be_forced_in_eval_mode(timm_model, images):
     with torch.no_grad():
         model(images)
     assert token_rate.get_context(model).state.mask is None  # eval: sliced
+
+
+def test_search_keeps_similarity_scaled_sizes_on_merged_away_tokens(timm_model, images):
+    """Official search: a merged-away token stays (masked) with its similarity-scaled size, so the
+    size its destination gained equals the size it still carries (log(size) scales its mask gradient)."""
+    from token_rate.patch import get_context
+
+    model = timm_model("vit")
+    token_rate.patch(model, SearchConfig(granularity=1, mode="official", size_clamp_in_train=False,
+                                         init_schedule=Schedule([17, 17, 17], [17, 9, 9])))
+    model.train()
+    with torch.no_grad():
+        model(images)
+    st = get_context(model).state
+    assert st.mask is not None and st.size is not None
+    kept = st.mask > 0.5
+    n_kept = kept.sum(dim=1)
+    assert bool((n_kept < 17).all()) and n_kept[0] == n_kept[1]  # block 1 merged (warm start ~9-10)
+    size = st.size[..., 0]
+    gained = (size * kept).sum(dim=1) - n_kept.float()  # every kept token started at size 1
+    carried = (size * ~kept).sum(dim=1)
+    assert bool((size[~kept] < 1.0).all())
+    torch.testing.assert_close(gained, carried)

@@ -140,6 +140,24 @@ def cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _init_schedule(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+    """``--init-schedule``: a published name, a schedule JSON, or merge-only kept counts per block."""
+    from token_rate.patch import model_dims
+    from token_rate.schedule import Schedule, load_schedule
+
+    spec = args.init_schedule
+    if not spec:
+        return None
+    if all(part.strip().isdigit() for part in spec.split(",")):
+        dims = model_dims(model)
+        merge = [int(part) for part in spec.split(",")]
+        if len(merge) != dims.depth:
+            raise BadInputError(f"--init-schedule lists {len(merge)} counts for a {dims.depth}-block model")
+        return Schedule([dims.num_tokens] * dims.depth, merge, num_tokens=dims.num_tokens,
+                        num_prefix_tokens=dims.num_prefix_tokens)
+    return load_schedule(spec)
+
+
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from token_rate.config import SearchConfig
     from token_rate.search import SearchSettings, search, search_train_config
@@ -176,7 +194,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.json,
         log_every=max(1, args.steps // 20),
     )
-    config = SearchConfig(granularity=args.granularity, mode=args.mode)
+    config = SearchConfig(granularity=args.granularity, mode=args.mode, init_schedule=_init_schedule(args, model))
     schedule = search(model.to(device), data, settings, config=config, train_config=train_cfg)
     meta = schedule.meta
     return {
@@ -324,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-weight", type=float, default=5.0, help="lambda of the FLOPs penalty (official 5)")
     p.add_argument("--penalty", default="auto", choices=("auto", "absolute", "relative"))
     p.add_argument("--granularity", type=int, default=4)
+    p.add_argument(
+        "--init-schedule", default=None,
+        help="warm start: published name, schedule JSON, or comma-separated kept counts per block "
+        "(merge only); default: uniform logits as in the official code",
+    )  # fmt: skip
     p.add_argument("--mode", default="official", choices=("official", "weighted"))
     p.add_argument("--label-free", action="store_true", help="distil from the uncompressed model (no labels)")
     p.add_argument("--work-dir", default=None, help="checkpoints/metrics folder (default: <output>-run)")

@@ -220,9 +220,11 @@ class TokenRateContext:
             mask = mask * prune_ddp.token_mask(n, kp, active).unsqueeze(0)  # type: ignore[operator]
         km = min(merge_ddp.kept_int(), kp)  # type: ignore[operator]
         if km < kp:
-            new_dst, new_size, idx, _ = self._merge_tail(x, size, km, kp, training)
+            new_dst, new_size, idx, src_size = self._merge_tail(x, size, km, kp, training)
             x = torch.cat([new_dst, x[:, km:]], dim=1)
-            size = torch.cat([new_size, size[:, km:]], dim=1)
+            # The merged-away ranks stay in the sequence (masked) with their similarity-scaled sizes,
+            # as in the official code: their log(size) sets how much gradient their mask entries get.
+            size = torch.cat([new_size, src_size.to(size.dtype), size[:, kp:]], dim=1)
             if source is not None:
                 source = torch.cat([merge_source(source[:, :km], source[:, km:kp], idx), source[:, km:]], dim=1)
             mask = mask * merge_ddp.token_mask(n, km, kp).unsqueeze(0)  # type: ignore[operator]
