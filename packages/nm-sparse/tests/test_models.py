@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,19 +35,6 @@ from nm_sparse.models import (
 from slimkit.errors import BadInputError, CorruptFileError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _randomize_bn(model: nn.Module) -> None:
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                c = mod.num_features
-                mod.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                mod.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-                assert mod.running_mean is not None and mod.running_var is not None
-                mod.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                mod.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
 
 
 # --------------------------------------------------------------------------- models
@@ -85,11 +73,11 @@ def test_load_model_by_name() -> None:
 
 
 @pytest.mark.parametrize("method", ["spre", "bimask"])
-def test_trained_and_deployed_round_trip(tmp_path: Path, method: str) -> None:
+def test_trained_and_deployed_round_trip(tmp_path: Path, method: str, random_bn: Any) -> None:
     spec = ModelSpec()
     config = NMConfig(method=method, pattern="2:4")
     model = build_sparse(spec, config)
-    _randomize_bn(model)
+    random_bn(model)
     model.eval()
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
@@ -188,10 +176,10 @@ def test_run_benchmarks_quick_cpu() -> None:
     assert all(row["median_s"] > 0 for row in result["rows"] if "median_s" in row)
 
 
-def test_spre_deploy_and_bimask_stats() -> None:
+def test_spre_deploy_and_bimask_stats(random_bn: Any) -> None:
     spre = SmallResNet()
     sparsify(spre, NMConfig(method="spre", pattern="2:4"))
-    _randomize_bn(spre)
+    random_bn(spre)
     stats = spre_deploy_stats(spre, torch.randn(8, 1, 8, 8))
     assert stats["all_valid"] and stats["max_nonzeros_per_group"] <= 2
     assert stats["max_abs_diff"] < 1e-4 * max(1.0, stats["output_max_abs"])

@@ -24,7 +24,7 @@ from torch import Tensor
 from nm_sparse.masks import SCORERS, nm_mask_reference, permutation_scores_reference
 from nm_sparse.pattern import MAX_M, validate_nm
 from slimkit.errors import BadInputError
-from slimkit.kernels import autotune_configs, use_triton
+from slimkit.kernels import autotune_configs, require_triton, use_triton
 
 try:  # Triton is optional: without it every op runs its PyTorch reference.
     import triton
@@ -270,14 +270,9 @@ if _HAS_TRITON:
         tl.store(y_ptr + rb[:, None] * stride_yb + rr[None, :], acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
-def _require_triton() -> None:
-    if not _HAS_TRITON:
-        raise RuntimeError("triton is not installed")
-
-
 def nm_mask_triton(w2d: Tensor, n: int, m: int) -> Tensor:
     """Triton launcher for :func:`nm_mask` (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
-    _require_triton()
+    require_triton("nm_mask_triton")
     w = w2d.detach().contiguous()
     out = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     num_groups = w.numel() // m
@@ -292,7 +287,7 @@ def nm_mask_triton(w2d: Tensor, n: int, m: int) -> Tensor:
 
 def permutation_scores_triton(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str = "kept") -> Tensor:
     """Triton launcher for :func:`permutation_scores`: all candidates in one launch."""
-    _require_triton()
+    require_triton("permutation_scores_triton")
     a = w_abs_masked.detach().contiguous()
     p = perms.detach().to(torch.int64).contiguous()
     out_rows, in_cols = a.shape
@@ -311,7 +306,7 @@ def permutation_scores_triton(w_abs_masked: Tensor, perms: Tensor, n: int, m: in
 
 def nm_matmul_triton(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
     """Triton launcher for :func:`nm_matmul` (decompress in registers, then ``tl.dot``)."""
-    _require_triton()
+    require_triton("nm_matmul_triton")
     xc = x.contiguous()
     v = values.contiguous()
     ix = indices.contiguous()
