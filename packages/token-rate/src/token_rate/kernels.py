@@ -33,13 +33,13 @@ import torch
 from torch import Tensor
 
 from slimkit.kernels import autotune_configs, require_triton, use_triton
+from token_rate.merge import _NORM_EPS, MERGE_MODES, best_match_reference, merge_reference
 
-MERGE_MODES = ("mean", "weighted")
-_EPS = 1e-6
+_EPS = _NORM_EPS
 
 
 # ----------------------------------------------------------------------------------------------
-# PyTorch references (the CPU path)
+# PyTorch references (the CPU path): token_rate.merge's, behind the ops' argument checks
 # ----------------------------------------------------------------------------------------------
 
 
@@ -53,21 +53,13 @@ def _check_match_shapes(src: Tensor, dst: Tensor) -> None:
 
 
 def _best_match_ref(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    """Cosine similarity of each source row to every destination row, then max/argmax.
+    """:func:`token_rate.merge.best_match_reference` with the op's shape checks.
 
-    Rows are L2-normalized with a small floor on the norm so that an all-zero token gives a zero
-    similarity instead of NaN. Ties go to the lowest destination index (``torch.max`` semantics).
+    Ties go to the lowest destination index (``torch.max`` semantics); an all-zero token gets a
+    zero similarity instead of NaN.
     """
     _check_match_shapes(src, dst)
-    s = src.float()
-    d = dst.float()
-    s = s / s.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    d = d / d.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-    if src.shape[1] == 0:
-        return src.new_zeros(src.shape[0], 0, dtype=torch.float32), src.new_zeros(src.shape[0], 0, dtype=torch.int64)
-    sim = s @ d.transpose(1, 2)
-    best, idx = sim.max(dim=-1)
-    return best, idx
+    return best_match_reference(src, dst)
 
 
 def _check_merge_args(x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str) -> None:
@@ -95,14 +87,9 @@ def _merge_weights(size: Tensor, src_size: Tensor, mode: str) -> tuple[Tensor, T
 def _merge_ref(
     x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
 ) -> tuple[Tensor, Tensor]:
-    """Fold every source token into destination ``idx``; computed in fp32, returned in x's dtype."""
+    """:func:`token_rate.merge.merge_reference` with the op's shape checks (fp32 inside, x's dtype out)."""
     _check_merge_args(x, size, src, src_size, idx, mode)
-    w_dst, w_src = _merge_weights(size, src_size, mode)
-    index = idx.unsqueeze(-1)
-    num = (x.float() * w_dst).scatter_add(1, index.expand(-1, -1, x.shape[2]), src.float() * w_src)
-    den = w_dst.scatter_add(1, index, w_src)
-    new_size = size.float().scatter_add(1, index, src_size.float())
-    return (num / den).to(x.dtype), new_size.to(size.dtype)
+    return merge_reference(x, size, src, src_size, idx, mode)
 
 
 # ----------------------------------------------------------------------------------------------
