@@ -59,3 +59,18 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     with pytest.raises(BadInputError, match="no images"):
         resolve_dataset(str(tmp_path))
+
+
+def test_read_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from slimkit.data import read_image
+
+    Image.fromarray(np.full((5, 6), 200, np.uint8)).save(tmp_path / "g.png")  # grayscale -> RGB
+    arr = read_image(tmp_path / "g.png")
+    assert arr.shape == (5, 6, 3) and arr.dtype == np.uint8 and int(arr.max()) == 200
+    with pytest.raises(BadInputError, match="image not found"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(BadInputError, match="unreadable image"):
+        read_image(tmp_path / "bad.png")

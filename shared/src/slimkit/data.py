@@ -108,6 +108,20 @@ def image_to_tensor(img: np.ndarray, size: int, channels: int = 3) -> torch.Tens
     return (t - 0.5) / 0.5
 
 
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """An image file as RGB uint8 HWC; a missing or unreadable file is a BadInputError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"image not found: {p}")
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise BadInputError(f"unreadable image {p}: {exc}") from None
+
+
 class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     """``root/<class>/<image>`` with the digits transform; fails early and clearly."""
 
@@ -134,15 +148,8 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image, UnidentifiedImageError
-
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise BadInputError(f"unreadable image {path}: {exc}") from None
-        return image_to_tensor(arr, self.image_size, self.channels), label
+        return image_to_tensor(read_image(path), self.image_size, self.channels), label
 
 
 def image_folder(path: str | os.PathLike[str], image_size: int, channels: int = 3) -> ImageFolder:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -165,7 +165,3 @@ def l2_normalize_rows(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Public entry point: Triton on CUDA, the PyTorch reference elsewhere."""
     return _l2_normalize_rows_op(x, eps)
 
-
-def dispatch(reference: Callable[..., T], triton_impl: Callable[..., T], *tensors: torch.Tensor) -> Callable[..., T]:
-    """Pick the implementation for these tensors (helper for launchers outside custom ops)."""
-    return triton_impl if use_triton(*tensors) and all(t.is_cuda for t in tensors) else reference

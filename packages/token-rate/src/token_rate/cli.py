@@ -262,9 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-
-    from slimkit.data import sample_images
+    from slimkit.data import read_image, sample_images
     from token_rate.config import DiffRateConfig, ToMeConfig
     from token_rate.visualize import visualize
 
@@ -282,15 +280,7 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
         configs[f"ToMe r={args.tome_r}"] = ToMeConfig(r=args.tome_r)
     path = Path(args.image)
     if path.suffix:
-        if not path.is_file():
-            raise BadInputError(f"image not found: {path}")
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise BadInputError(f"unreadable image {path}: {exc}") from None
+        image = read_image(path)
     else:
         image = sample_images([args.image])[args.image]
     block: str | int | None = args.block

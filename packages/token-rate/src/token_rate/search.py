@@ -128,18 +128,9 @@ class UnlabelledImages(Dataset[Tensor]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        import numpy as np
-        from PIL import Image, UnidentifiedImageError
+        from slimkit.data import image_to_tensor, read_image
 
-        from slimkit.data import image_to_tensor
-
-        path = self.paths[index]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise BadInputError(f"unreadable image {path}: {exc}") from None
-        return image_to_tensor(arr, self.image_size, self.channels)
+        return image_to_tensor(read_image(self.paths[index]), self.image_size, self.channels)
 
 
 def _as_dataset(data: Any) -> Dataset[Any]:
