@@ -6,12 +6,15 @@ Every file a slimkit tool writes goes through :func:`atomic_write` or
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -100,24 +103,132 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def config_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-    """Rebuild a dataclass config; unknown keys or a wrong ``_type`` are a BadInputError."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
+def config_from_dict(cls: type[T] | Sequence[type], data: Mapping[str, Any], aliases: Mapping[str, type] | None = None) -> T:
+    """Rebuild a dataclass config tagged by :func:`config_to_dict`.
+
+    ``cls`` is one dataclass or several: with several, the ``_type`` tag picks the class (a
+    package's configs of several methods load through one call). ``aliases`` maps older type
+    names to the class that reads them now, so files written by earlier releases still load.
+    Unknown keys, an unknown ``_type`` and field values of the wrong JSON type are a
+    :class:`BadInputError` naming the field.
+    """
+    types = [cls] if isinstance(cls, type) else list(cls)
+    if not types:
+        raise TypeError("config_from_dict needs at least one dataclass type")
+    for t in types:
+        if not dataclasses.is_dataclass(t):
+            raise TypeError(f"{t!r} is not a dataclass")
+    by_name: dict[str, type] = {t.__name__: t for t in types}
+    by_name.update(aliases or {})
+    expected = " or ".join(sorted({t.__name__ for t in types}))
     if not isinstance(data, Mapping):
-        raise BadInputError(f"{cls.__name__} config must be a JSON object, got {type(data).__name__}")
-    kind = data.get("_type", cls.__name__)
-    if kind != cls.__name__:
-        raise BadInputError(f"config is a {kind}, expected {cls.__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
+        raise BadInputError(f"{expected} config must be a JSON object, got {type(data).__name__}")
+    kind = data.get("_type", types[0].__name__ if len(types) == 1 else None)
+    if kind is None:
+        raise BadInputError(f"config has no _type; expected one of {expected}")
+    target = by_name.get(str(kind))
+    if target is None:
+        raise BadInputError(f"config is a {kind}, expected {expected}")
+    names = {f.name for f in dataclasses.fields(target)}
     payload = {k: v for k, v in data.items() if not k.startswith("_")}
     unknown = sorted(set(payload) - names)
     if unknown:
-        raise BadInputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise BadInputError(f"unknown {target.__name__} field(s): {', '.join(unknown)}")
+    _check_field_types(target, payload)
+    payload = _nested_configs(target, payload)
     try:
-        return cls(**payload)
+        return target(**payload)  # type: ignore[no-any-return]
     except (TypeError, ValueError) as exc:
-        raise BadInputError(f"invalid {cls.__name__}: {exc}") from None
+        raise BadInputError(f"invalid {target.__name__}: {_flat(exc)}") from None
+
+
+def _flat(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _check_field_types(cls: type, payload: Mapping[str, Any]) -> None:
+    """Refuse JSON values whose type cannot be the field's (a string where a number goes)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: leave the check to the dataclass itself
+        return
+    for name, value in payload.items():
+        hint = hints.get(name)
+        if hint is not None and not _matches_hint(value, hint):
+            raise BadInputError(
+                f"{cls.__name__}.{name} must be {_hint_name(hint)}, got {type(value).__name__} {value!r}"
+            )
+
+
+def _matches_hint(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches_hint(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(args) == len(value) and all(_matches_hint(v, a) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        return all(_matches_hint(v, inner) for v in value)
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            return False
+        vt = args[1] if len(args) == 2 else Any
+        return all(_matches_hint(v, vt) for v in value.values())
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(value, (Mapping, hint))
+    return True  # anything else (custom classes, callables): the dataclass validates it
+
+
+def _nested_configs(cls: type, payload: dict[str, Any]) -> dict[str, Any]:
+    """Turn tagged dicts of dataclass-typed fields back into their dataclasses."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        return payload
+    out = dict(payload)
+    for name, value in payload.items():
+        hint = hints.get(name)
+        candidates = [a for a in (typing.get_args(hint) or (hint,)) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        if candidates and isinstance(value, Mapping):
+            out[name] = config_from_dict(candidates, value)
+    return out
+
+
+def _hint_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
+def save_config(path: str | os.PathLike[str], cfg: Any) -> Path:
+    """Write one dataclass config as tagged JSON (the only way packages serialise configs)."""
+    return save_json(path, config_to_dict(cfg))
+
+
+def load_config(path: str | os.PathLike[str], cls: type[T] | Sequence[type], aliases: Mapping[str, type] | None = None) -> T:
+    """Read a config written by :func:`save_config`; errors name the file."""
+    data = load_json(path)
+    try:
+        return config_from_dict(cls, data, aliases)
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {exc}") from None
 
 
 def save_state_dict(
