@@ -71,3 +71,23 @@ def test_only_rank_zero_prints(capsys: pytest.CaptureFixture[str], monkeypatch: 
     monkeypatch.setenv("RANK", "0")
     emit({"a": 1}, True)
     assert json.loads(capsys.readouterr().out) == {"a": 1}
+
+
+def test_build_parser_dispatches_with_func() -> None:
+    import argparse
+
+    from slimkit.cli import _cmd_demo, _cmd_env, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == ["demo", "env"]
+    assert parser.parse_args(["env"]).func is _cmd_env
+    assert parser.parse_args(["demo", "--steps", "3"]).func is _cmd_demo
+
+
+def test_progress_lives_in_its_own_module() -> None:
+    import slimkit.cli
+    import slimkit.progress
+
+    assert slimkit.cli.progress is slimkit.progress.progress
+    assert list(slimkit.progress.progress(range(3), disable=True)) == [0, 1, 2]

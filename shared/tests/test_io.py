@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,9 +13,11 @@ from torch import nn
 
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import (
+    atomic_path,
     atomic_write,
     config_from_dict,
     config_to_dict,
+    current_umask,
     load_into,
     load_json,
     load_model_files,
@@ -102,3 +107,55 @@ def test_save_model_and_mismatch(tmp_path: Path) -> None:
         load_into(nn.Linear(5, 2), sd)
     with pytest.raises(BadInputError, match="missing"):
         load_into(nn.Sequential(nn.Linear(4, 2)), sd)
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    old = os.umask(0o022)
+    os.umask(old)
+    yield lambda mask: os.umask(mask) and None
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_new_files_get_the_umask_mode(tmp_path: Path, umask: Callable[[int], None], mask: int, expected: int) -> None:
+    umask(mask)
+    assert current_umask() == mask
+    with atomic_write(tmp_path / "a.txt") as fh:
+        fh.write("x")
+    save_json(tmp_path / "b.json", {"a": 1})
+    save_state_dict(tmp_path / "c.safetensors", {"w": torch.zeros(2)})
+    with atomic_path(tmp_path / "d.bin") as tmp:
+        tmp.write_bytes(b"1")
+    for name in ("a.txt", "b.json", "c.safetensors", "d.bin"):
+        assert _mode(tmp_path / name) == expected, name
+    # what plain open() gives a new file, for comparison
+    (tmp_path / "plain").write_text("x")
+    assert _mode(tmp_path / "plain") == expected
+
+
+def test_overwrite_keeps_the_existing_mode(tmp_path: Path, umask: Callable[[int], None]) -> None:
+    umask(0o022)
+    for name in ("a.txt", "b.json", "c.safetensors", "d.bin"):
+        (tmp_path / name).write_text("old")
+        os.chmod(tmp_path / name, 0o640)
+    with atomic_write(tmp_path / "a.txt") as fh:
+        fh.write("new")
+    save_json(tmp_path / "b.json", {"a": 2})
+    save_state_dict(tmp_path / "c.safetensors", {"w": torch.ones(2)})
+    with atomic_path(tmp_path / "d.bin") as tmp:
+        tmp.write_bytes(b"2")
+    for name in ("a.txt", "b.json", "c.safetensors", "d.bin"):
+        assert _mode(tmp_path / name) == 0o640, name
+    assert (tmp_path / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json", "c.safetensors", "d.bin"]
+
+
+def test_current_umask_leaves_the_umask_alone(umask: Callable[[int], None]) -> None:
+    umask(0o027)
+    assert current_umask() == 0o027
+    assert current_umask() == 0o027

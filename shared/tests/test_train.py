@@ -144,3 +144,93 @@ def test_accelerate_launch_two_cpu_processes_end_identical(tmp_path: Path) -> No
     assert torch.equal(w0, w1)
     assert not torch.equal(w0, _params(_model()))  # it trained
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("checkpoint_every", -1, "checkpoint_every must be >= 0, got -1"),
+        ("log_every", 0, "log_every must be >= 1, got 0"),
+        ("lr", 0.0, "lr must be > 0, got 0.0"),
+        ("lr", float("nan"), "lr must be > 0, got nan"),
+        ("warmup_steps", -2, "warmup_steps must be >= 0, got -2"),
+        ("max_grad_norm", 0.0, "max_grad_norm must be > 0 (or None), got 0.0"),
+        ("num_workers", -1, "num_workers must be >= 0, got -1"),
+        ("weight_decay", -0.1, "weight_decay must be >= 0, got -0.1"),
+        ("min_lr", -1e-3, "min_lr must be >= 0, got -0.001"),
+        ("batch_size", 0, "batch_size must be >= 1, got 0"),
+    ],
+)
+def test_config_validation(tmp_path: Path, field: str, value: Any, message: str) -> None:
+    import re
+
+    with pytest.raises(BadInputError, match=f"^{re.escape(message)}$"):
+        _cfg(tmp_path, **{field: value})
+    assert not any(tmp_path.iterdir())
+
+
+def _fake_checkpoint(path: Path, step: int | None, marker: str | None = None) -> None:
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(b"x")
+    if marker is not None:
+        (path / "trainer_state.json").write_text(marker)
+    elif step is not None:
+        (path / "trainer_state.json").write_text(json.dumps({"step": step, "micro": step}))
+
+
+def test_find_latest_checkpoint_reads_the_marker_and_skips_incomplete(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    assert find_latest_checkpoint(tmp_path) is None
+    _fake_checkpoint(root / "step_4", 4)
+    _fake_checkpoint(root / "step_12", None)  # save_state finished, marker never written
+    _fake_checkpoint(root / "step_16", None, marker='{"step": 16')  # torn marker
+    _fake_checkpoint(root / ".tmp-step_20-0123456789ab", 20)  # complete but never switched in...
+    _fake_checkpoint(root / "step_20", 8)  # ...because step_20 holds a complete one: the visible one wins
+    assert find_latest_checkpoint(tmp_path) == root / "step_20"  # newest by marker step (8 > 4)
+    _fake_checkpoint(root / "final", 8)
+    assert find_latest_checkpoint(tmp_path) == root / "final"  # a tie goes to final
+    _fake_checkpoint(root / ".old-final-0123456789ab", 6)  # left by a finished switch
+    assert find_latest_checkpoint(tmp_path) == root / "final"
+
+
+def test_mid_switch_stand_in_is_recovered(tmp_path: Path) -> None:
+    from slimkit.train import recover_checkpoints
+
+    root = tmp_path / "checkpoints"
+    _fake_checkpoint(root / "step_4", 4)
+    _fake_checkpoint(root / ".old-final-0123456789ab", 8)  # killed after moving the old final aside
+    _fake_checkpoint(root / ".tmp-final-0123456789ab", 12)  # and before renaming the new one in
+    _fake_checkpoint(root / ".tmp-step_16-aaaaaaaaaaaa", None)  # an unfinished write
+    (tmp_path / ".metrics.jsonl.abcd1234.tmp").write_text("partial")
+    (root / "step_4" / ".trainer_state.json.abcd_123.tmp").write_text("{")
+    assert find_latest_checkpoint(tmp_path) == root / ".tmp-final-0123456789ab"
+    recover_checkpoints(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["final", "step_4"]
+    assert json.loads((root / "final" / "trainer_state.json").read_text())["step"] == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+    assert sorted(p.name for p in (root / "step_4").iterdir()) == ["model.safetensors", "trainer_state.json"]
+    # only the old one survived: it is put back
+    _fake_checkpoint(root / ".old-step_4-0123456789ab", 4)
+    import shutil
+
+    shutil.rmtree(root / "step_4")
+    recover_checkpoints(tmp_path)
+    assert sorted(p.name for p in root.iterdir()) == ["final", "step_4"]
+
+
+def test_resume_truncates_metrics_and_fresh_start_refuses_old_checkpoints(tmp_path: Path) -> None:
+    model = _model()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, _data(), _cfg(tmp_path, checkpoint_every=4, log_every=1), callbacks=[Recorder(stop_at=7)])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # killed in step 7, before its row
+    train(_model(), _data(), _cfg(tmp_path, checkpoint_every=4, log_every=1, resume_from="latest"), callbacks=[Recorder()])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # 5, 6 were dropped and written again, not doubled
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_4", "step_8"]
+    # a fresh run in the same folder neither deletes the earlier run's checkpoints nor mixes with them
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    with pytest.raises(BadInputError, match="holds checkpoints of an earlier run"):
+        train(_model(), _data(), _cfg(tmp_path, max_steps=3))
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before

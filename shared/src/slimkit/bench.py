@@ -13,12 +13,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 from torch import nn
+
+from slimkit.report import ReportMixin
 
 _DEFAULT_PACKAGES = ("torch", "triton", "timm", "transformers", "accelerate", "numpy", "slimkit")
 
@@ -57,15 +59,14 @@ def env_header(packages: Sequence[str] = _DEFAULT_PACKAGES, device: torch.device
 
 
 @dataclass
-class Timing:
+class Timing(ReportMixin):
+    """Wall times of repeated calls (seconds); ``to_dict()``/``to_json()`` from :class:`ReportMixin`."""
+
     median_s: float
     mean_s: float
     min_s: float
     stdev_s: float
     times: list[float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _sync_for(device_type: str | None) -> Callable[[], None]:

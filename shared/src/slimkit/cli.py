@@ -11,14 +11,32 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from slimkit import __version__
+from slimkit.bench import env_header
 from slimkit.errors import BadInputError
+from slimkit.paths import claim_output_dir
+from slimkit.progress import progress
+from slimkit.quickstart import run as run_demo
 
-T = TypeVar("T")
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "add_common",
+    "build_parser",
+    "emit",
+    "format_table",
+    "main",
+    "make_parser",
+    "progress",
+    "resolve_device",
+    "run_main",
+]
+
 EXIT_BAD_INPUT = 2
 
 
@@ -140,46 +158,40 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     return "\n".join([line, rule, *body])
 
 
-def progress(
-    iterable: Iterable[T] | None = None,
-    total: int | None = None,
-    desc: str | None = None,
-    disable: bool | None = None,
-) -> Any:
-    """A tqdm bar on stderr; off when stderr is not a terminal unless ``disable=False``."""
-    from tqdm.auto import tqdm
+def _cmd_env(args: argparse.Namespace) -> int:
+    emit(env_header(), args.json)
+    return 0
 
-    if disable is None:
-        disable = not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise BadInputError(f"--steps must be >= 1, got {args.steps}")
+    resolve_device(args.device)
+    claim_output_dir(args.output, "slimkit demo")  # validated above: the first write
+    emit(run_demo(Path(args.output), steps=args.steps, seed=args.seed), args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``slimkit`` parser; every subcommand carries its handler as ``func`` (one dispatch style)."""
+    parser, sub = make_parser("slimkit", "slimkit shared utilities", __version__)
+    env = add_common(sub.add_parser("env", help="print device, threads and library versions"))
+    env.set_defaults(func=_cmd_env)
+    demo = add_common(sub.add_parser("demo", help="train a tiny classifier on bundled digits"))
+    demo.add_argument("--output", default="slimkit-demo", help="output folder")
+    demo.add_argument("--steps", type=int, default=60)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+_main = run_main(_body, "slimkit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``slimkit`` console script: environment report and the shared demo."""
     return _main(argv)
-
-
-def _body(argv: Sequence[str] | None) -> int:
-    from slimkit import __version__
-
-    parser, sub = make_parser("slimkit", "slimkit shared utilities", __version__)
-    env = add_common(sub.add_parser("env", help="print device, threads and library versions"))
-    env.set_defaults(command="env")
-    demo = add_common(sub.add_parser("demo", help="train a tiny classifier on bundled digits"))
-    demo.add_argument("--output", default="slimkit-demo", help="output folder")
-    demo.add_argument("--steps", type=int, default=60)
-    args = parser.parse_args(argv)
-    if args.command == "env":
-        from slimkit.bench import env_header
-
-        emit(env_header(), args.json)
-        return 0
-    from pathlib import Path
-
-    from slimkit.quickstart import run
-
-    emit(run(Path(args.output), steps=args.steps, seed=args.seed), args.json)
-    return 0
-
-
-_main = run_main(_body, "slimkit")

@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 import tempfile
+import threading
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,9 +31,40 @@ _META_KEY = "slimkit"
 CONFIG_VERSION = 1
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without leaving it changed (``/proc`` where there is one)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def _final_mode(target: Path) -> int:
+    """An overwritten file keeps its mode; a new one gets what ``open()`` would give it."""
+    try:
+        st = target.stat()
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only on success."""
+    """Yield a temporary path beside ``path``; move it into place only on success.
+
+    The file that lands at ``path`` has the mode a plain ``open(path, "w")`` would give a
+    new file (``0o666 & ~umask``, so 0644 under umask 022); overwriting an existing file
+    keeps that file's mode.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -41,6 +74,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OSError(f"nothing was written to {target}")
+        os.chmod(tmp, _final_mode(target))
         os.replace(tmp, target)
     finally:
         if tmp.exists():

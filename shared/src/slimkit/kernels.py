@@ -1,22 +1,34 @@
-"""The kernel-dispatch pattern every package follows, with one small worked example.
+"""Triton helpers and slimkit's Triton kernels (the kernel-file rule, layer 2).
 
-A hot path is a ``torch.library.custom_op`` whose default body is the pure-PyTorch
-reference (so CPU, ``torch.compile`` and autograd-free inference all work) and whose
-CUDA kernel is Triton. Tests call the Triton launcher directly on CPU tensors with
-``TRITON_INTERPRET=1``, where autotuning is cut to one config because benchmarking
-configs needs a real driver.
+Why this layout: Triton is heavy to import and absent on many machines, so this module
+imports it only inside *builders* that :func:`lazy_kernel` runs on first use; ``import
+slimkit.kernels`` never imports Triton. Kernels here are launched by :mod:`slimkit.ops`,
+which is the only module that should import this one (besides tests, which call the
+launchers directly under ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 T = TypeVar("T")
+
+__all__ = [
+    "autotune_configs",
+    "interpret_mode",
+    "l2_normalize_rows_triton",
+    "lazy_kernel",
+    "require_triton",
+    "triton_available",
+    "triton_importable",
+    "use_triton",
+]
 
 
 def interpret_mode() -> bool:
@@ -25,21 +37,19 @@ def interpret_mode() -> bool:
 
 
 @functools.cache
-def triton_available() -> bool:
-    """Triton importable and a CUDA device present (the interpreter is checked separately)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 def triton_importable() -> bool:
+    """Triton can be imported (checked once; the import itself happens only here and in builders)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Triton importable and a CUDA device present (the interpreter is checked separately)."""
+    return triton_importable() and torch.cuda.is_available()
 
 
 def use_triton(*tensors: torch.Tensor) -> bool:
@@ -64,20 +74,34 @@ def require_triton(name: str) -> None:
         raise RuntimeError(f"{name} needs Triton, which is not installed")
 
 
-# --------------------------------------------------------------------------- example
-# Row-wise L2 normalization: cosine-similarity matching (token merging) and
-# magnitude scoring both start with it, and it is small enough to read in one go.
+def lazy_kernel(builder: Callable[[], T]) -> Callable[[], T]:
+    """Wrap a kernel builder so it runs once, on first call, and its result is cached.
+
+    Why: ``@triton.jit`` at module level would import Triton with the module. The builder
+    imports Triton and returns the jitted (autotuned) kernel; concurrent first calls build it
+    once (a lock guards the build, later calls take the cached value without locking).
+    """
+    lock = threading.Lock()
+    built: list[T] = []
+
+    @functools.wraps(builder)
+    def get() -> T:
+        if built:
+            return built[0]
+        with lock:
+            if not built:
+                built.append(builder())
+        return built[0]
+
+    return get
 
 
-def l2_normalize_rows_reference(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``x / max(||x||_2, eps)`` along the last dim, accumulated in fp32."""
-    x32 = x.float()
-    norm = x32.norm(dim=-1, keepdim=True).clamp_min(eps)
-    return (x32 / norm).to(x.dtype)
+# --------------------------------------------------------------------------- worked example
+# Row-wise L2 normalization: cosine-similarity matching (token merging) and magnitude
+# scoring both start with it, and it is small enough to read in one go.
 
 
-@functools.cache
-def _l2_kernel() -> Any:
+def _build_l2_kernel() -> Any:
     import triton
     import triton.language as tl
 
@@ -106,11 +130,14 @@ def _l2_kernel() -> Any:
     return kernel
 
 
+_l2_kernel = lazy_kernel(_build_l2_kernel)
+
+
 def l2_normalize_rows_triton(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Triton launcher (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
+    """Triton launcher (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``); same result as the reference."""
+    require_triton("l2_normalize_rows_triton")
     import triton
 
-    require_triton("l2_normalize_rows_triton")
     if x.dtype not in (torch.float16, torch.float32, torch.bfloat16):
         raise TypeError(f"unsupported dtype {x.dtype}")
     x2 = x.contiguous().view(-1, x.shape[-1]) if x.numel() else x.reshape(-1, max(1, x.shape[-1]))
@@ -125,43 +152,3 @@ def l2_normalize_rows_triton(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor
 
     _l2_kernel()[grid](x2, out, n_rows, n_cols, eps, BLOCK_COLS=block_cols)
     return out.view_as(x)
-
-
-@torch.library.custom_op("slimkit::l2_normalize_rows", mutates_args=())
-def _l2_normalize_rows_op(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return l2_normalize_rows_reference(x, eps)
-
-
-@_l2_normalize_rows_op.register_fake
-def _(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.empty_like(x)
-
-
-@torch.library.register_kernel("slimkit::l2_normalize_rows", "cuda")
-def _(x: torch.Tensor, eps: float) -> torch.Tensor:
-    if triton_available():
-        return l2_normalize_rows_triton(x, eps)
-    return l2_normalize_rows_reference(x, eps)
-
-
-def _l2_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(inputs[0])
-    ctx.eps = inputs[1]
-
-
-def _l2_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-    # Backward reuses the reference through autograd: the op is usually hot in inference only.
-    (x,) = ctx.saved_tensors
-    with torch.enable_grad():
-        xr = x.detach().requires_grad_(True)
-        (gx,) = torch.autograd.grad(l2_normalize_rows_reference(xr, ctx.eps), xr, grad)
-    return gx, None
-
-
-_l2_normalize_rows_op.register_autograd(_l2_backward, setup_context=_l2_setup)
-
-
-def l2_normalize_rows(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Public entry point: Triton on CUDA, the PyTorch reference elsewhere."""
-    return _l2_normalize_rows_op(x, eps)
-

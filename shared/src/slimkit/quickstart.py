@@ -8,6 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.data import digits
+from slimkit.evaluate import top1
+from slimkit.io import save_model
+from slimkit.train import TrainConfig, clear_run, train
+
 
 def tiny_cnn(num_classes: int = 10, channels: int = 1) -> nn.Module:
     """A few-thousand-parameter CNN for 8x8 digits (demo and test fixture)."""
@@ -22,29 +27,15 @@ def tiny_cnn(num_classes: int = 10, channels: int = 1) -> nn.Module:
     )
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy in eval mode."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size])
-        correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
-    return correct / max(1, len(images))
-
-
 def run(output_dir: Path, steps: int = 120, seed: int = 0) -> dict[str, Any]:
     """Train for ``steps`` steps, evaluate on the held-out split, save the model."""
-    from slimkit.data import digits
-    from slimkit.io import save_model
-    from slimkit.train import TrainConfig, train
-
     torch.manual_seed(seed)
     model = tiny_cnn()
     config = TrainConfig(output_dir=str(output_dir / "run"), max_steps=steps, batch_size=64, lr=1e-2, seed=seed)
+    clear_run(config.output_dir)  # the demo owns its run folder: each call starts over
     result = train(model, digits("train", seed=seed), config)
     val = digits("val", seed=seed)
-    acc = accuracy(model, val.tensors[0], val.tensors[1])
+    acc = top1(model, (val.tensors[0], val.tensors[1]))
     saved = save_model(output_dir / "model", model, config, {"val_top1": acc})
     return {
         "what": f"tiny CNN trained {result.steps} steps on digits (slimkit.train)",

@@ -9,6 +9,13 @@ under ``accelerate launch --num_processes N``.
 Resume is exact because the data order is a pure function of ``(seed, epoch)``
 and accelerate's ``save_state`` restores model, optimizer, scheduler, callback
 state and every RNG.
+
+Checkpoint layout (``output_dir/checkpoints/``): ``step_<n>/`` and ``final/``, each an
+accelerate ``save_state`` folder plus ``trainer_state.json`` (``{"step", "micro"}``), the
+marker that says it is complete. A checkpoint is never rewritten in place: it is written as
+``.tmp-<name>-<random>/``, marker last, then renamed in; a ``<name>`` it replaces is moved to
+``.old-<name>-<random>/`` first and deleted after. A kill at any point leaves a complete
+checkpoint to resume from, and the next run cleans up (see :func:`recover_checkpoints`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
+import secrets
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from slimkit.errors import BadInputError
+from slimkit.io import atomic_write, save_json
+from slimkit.progress import progress
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 _PRECISIONS = ("auto", "no", "fp16", "bf16")
@@ -73,6 +85,20 @@ class TrainConfig:
             raise BadInputError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.scheduler not in ("cosine", "constant"):
             raise BadInputError(f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+        if not self.lr > 0:
+            raise BadInputError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "min_lr"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise BadInputError(f"{name} must be >= 0, got {value}")
+        for name in ("warmup_steps", "checkpoint_every", "num_workers"):
+            value = getattr(self, name)
+            if value < 0:
+                raise BadInputError(f"{name} must be >= 0, got {value}")
+        if self.log_every < 1:
+            raise BadInputError(f"log_every must be >= 1, got {self.log_every}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise BadInputError(f"max_grad_norm must be > 0 (or None), got {self.max_grad_norm}")
 
 
 @dataclass
@@ -164,21 +190,169 @@ def default_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """Newest ``checkpoints/step_<n>`` (or ``final``) that finished writing."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
+_HIDDEN = re.compile(r"\.(tmp|old)-(.+)-([0-9a-f]{12})")
+_STRAY_FILE = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def _checkpoint_phase(name: str) -> None:
+    """Injection point between the steps of a checkpoint write; a no-op outside tests.
+
+    The kill-point tests replace it to stop a run at each phase (``start``, ``state_saved``,
+    ``marker_written``, ``old_moved``, ``switched``, ``old_removed``).
+    """
+
+
+def read_checkpoint_marker(path: str | Path) -> dict[str, int] | None:
+    """``{"step", "micro"}`` from a checkpoint's marker, or ``None`` if it is not complete."""
+    try:
+        data = json.loads((Path(path) / _STATE_FILE).read_text(encoding="utf-8"))
+        step, micro = data["step"], data["micro"]
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    best: tuple[int, Path] | None = None
-    for child in root.iterdir():
-        state = child / _STATE_FILE
-        if not state.is_file():
+    if not (isinstance(step, int) and isinstance(micro, int)) or step < 0 or micro < 0:
+        return None
+    return {"step": step, "micro": micro}
+
+
+def _checkpoints(root: Path) -> dict[str, tuple[int, Path]]:
+    """Complete checkpoints under ``root`` by name: ``name -> (step, folder)``.
+
+    A visible ``final``/``step_N`` wins. A name whose folder is missing was being switched
+    when the run stopped; its newest complete ``.tmp-<name>-*`` (fully written, marker
+    included) or ``.old-<name>-*`` (the one it replaces) stands in for it.
+    """
+    found: dict[str, tuple[int, Path]] = {}
+    standins: dict[str, tuple[int, int, Path]] = {}
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return found
+    for child in children:
+        if not child.is_dir():
             continue
-        match = re.fullmatch(r"step_(\d+)", child.name)
-        step = int(match.group(1)) if match else json.loads(state.read_text())["step"]
-        if best is None or step > best[0]:
-            best = (step, child)
-    return best[1] if best else None
+        marker = read_checkpoint_marker(child)
+        if marker is None:
+            continue
+        hidden = _HIDDEN.fullmatch(child.name)
+        if hidden is None:
+            if not child.name.startswith("."):
+                found[child.name] = (marker["step"], child)
+            continue
+        name, rank = hidden.group(2), 1 if hidden.group(1) == "tmp" else 0
+        best = standins.get(name)
+        if best is None or (marker["step"], rank) > best[:2]:
+            standins[name] = (marker["step"], rank, child)
+    for name, (step, _, child) in standins.items():
+        found.setdefault(name, (step, child))
+    return found
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints``, or ``None``.
+
+    "Newest" is the step recorded in the checkpoint's ``trainer_state.json`` marker, which
+    is written last; folders without a valid marker are incomplete and never chosen (a tie
+    goes to ``final``). Reads only: a checkpoint caught mid-switch is reported at its
+    temporary name, and :func:`train` moves it into place before loading it.
+    """
+    found = _checkpoints(Path(output_dir) / "checkpoints")
+    if not found:
+        return None
+    _, _, path = max((step, name == "final", path) for name, (step, path) in found.items())
+    return path
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file of a freshly written checkpoint before its marker says it is complete."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def recover_checkpoints(output_dir: str | Path) -> None:
+    """Finish or undo a checkpoint switch that a killed run left, then remove leftovers.
+
+    A checkpoint whose folder is missing gets back its stand-in (see
+    :func:`find_latest_checkpoint`); every other ``.tmp-*``/``.old-*`` folder and every
+    stray atomic-write temp file (``.<name>.<random>.tmp``) in the run folder and its
+    ``checkpoints`` folder is deleted.
+    """
+    out = Path(output_dir)
+    root = out / "checkpoints"
+    if root.is_dir():
+        for name, (_, path) in _checkpoints(root).items():
+            if path.name != name:
+                os.replace(path, root / name)
+        _fsync_dir(root)
+        for child in root.iterdir():
+            if _HIDDEN.fullmatch(child.name) or (child.is_dir() and child.name.startswith(".tmp-")):
+                shutil.rmtree(child, ignore_errors=True)
+    for folder in (out, root, *(root.iterdir() if root.is_dir() else ())):
+        if not folder.is_dir():
+            continue
+        for child in folder.iterdir():
+            if _STRAY_FILE.fullmatch(child.name) and child.is_file():
+                with contextlib.suppress(OSError):
+                    child.unlink()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the ``metrics.jsonl`` rows up to ``step`` (a resumed run writes the rest again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict) and isinstance(row.get("step"), (int, float)) and row["step"] <= step:
+            keep.append(line + "\n")
+
+    with atomic_write(path) as fh:
+        fh.writelines(keep)
+
+
+def _resolve_resume(out: Path, resume_from: str | None, max_steps: int) -> Path | None:
+    """Validate ``resume_from`` before anything is written; returns the checkpoint to load."""
+    if resume_from is None:
+        if find_latest_checkpoint(out) is not None:
+            raise BadInputError(
+                f"{out} holds checkpoints of an earlier run: resume it (resume_from='latest', --resume latest) "
+                "or choose a new output folder"
+            )
+        return None
+    if resume_from == "latest":
+        found = find_latest_checkpoint(out)
+        if found is None:
+            raise BadInputError(f"nothing to resume in {out}")
+        path = found
+    else:
+        path = Path(resume_from)
+        if _HIDDEN.fullmatch(path.name) or read_checkpoint_marker(path) is None:
+            raise BadInputError(f"not a slimkit checkpoint (no complete {_STATE_FILE}): {resume_from}")
+    marker = read_checkpoint_marker(path)
+    assert marker is not None
+    if marker["step"] > max_steps:
+        raise BadInputError(
+            f"cannot resume {path} (step {marker['step']}) with max_steps {max_steps}: use max_steps >= {marker['step']}"
+        )
+    return path
 
 
 def _call(callbacks: Sequence[Any], hook: str, ctx: TrainContext) -> None:
@@ -204,9 +378,9 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from slimkit.cli import progress
 
     out = Path(config.output_dir)
+    resume = _resolve_resume(out, config.resume_from, config.max_steps)
     # Without a GPU, run on CPU explicitly: accelerate then uses gloo across the processes
     # that `accelerate launch --multi_gpu --num_processes N` (torchrun) started.
     cpu = config.cpu or not torch.cuda.is_available()
@@ -247,21 +421,30 @@ def train(
             accelerator.register_for_checkpointing(cb)
 
     step, micro = 0, 0
-    resume = find_latest_checkpoint(out) if config.resume_from == "latest" else config.resume_from
-    if resume:
-        resume = Path(resume)
-        if not (resume / _STATE_FILE).is_file():
-            raise BadInputError(f"not a slimkit checkpoint (no {_STATE_FILE}): {resume}")
-        accelerator.load_state(str(resume))
-        state = json.loads((resume / _STATE_FILE).read_text())
-        step, micro = int(state["step"]), int(state["micro"])
-
-    ctx = TrainContext(accelerator.unwrap_model(model), accelerator, optimizer, scheduler, config, step)
     metrics_path = out / "metrics.jsonl"
+    # Everything is validated; from here on the run folder is written. First undo what a
+    # killed run left: finish or roll back a checkpoint switch, drop temp folders and files.
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume and metrics_path.exists():
-            metrics_path.unlink()
+        recover_checkpoints(out)
+    accelerator.wait_for_everyone()
+    if resume is not None:
+        hidden = _HIDDEN.fullmatch(resume.name)
+        if hidden is not None:  # it was caught mid-switch; recovery moved it into place
+            resume = resume.parent / hidden.group(2)
+        accelerator.load_state(str(resume))
+        marker = read_checkpoint_marker(resume)
+        if marker is None:
+            raise BadInputError(f"not a slimkit checkpoint (no complete {_STATE_FILE}): {resume}")
+        step, micro = marker["step"], marker["micro"]
+    if accelerator.is_main_process:
+        if resume is None:
+            metrics_path.unlink(missing_ok=True)
+        else:
+            _truncate_metrics(metrics_path, step)
+    accelerator.wait_for_everyone()
+
+    ctx = TrainContext(accelerator.unwrap_model(model), accelerator, optimizer, scheduler, config, step)
     history: list[dict[str, float]] = []
     _call(callbacks, "on_train_start", ctx)
     bar = progress(
@@ -313,30 +496,70 @@ def train(
             _call(callbacks, "on_step_end", ctx)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
-            if step % max(1, config.log_every) == 0 or step == config.max_steps:
+            if step % config.log_every == 0 or step == config.max_steps:
                 history.append(dict(ctx.metrics))
                 if accelerator.is_main_process:
                     with metrics_path.open("a", encoding="utf-8") as fh:
                         fh.write(json.dumps(ctx.metrics) + "\n")
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
-                _save(accelerator, out / "checkpoints" / f"step_{step}", step, micro)
+                _save(accelerator, out / "checkpoints", f"step_{step}", step, micro)
             if step >= config.max_steps:
                 break
     bar.close()
-    final = out / "checkpoints" / "final"
-    _save(accelerator, final, step, micro)
+    final = _save(accelerator, out / "checkpoints", "final", step, micro)
     _call(callbacks, "on_train_end", ctx)
     accelerator.wait_for_everyone()
     return TrainResult(step, last_loss, history, str(final), str(out))
 
 
-def _save(accelerator: Any, path: Path, step: int, micro: int) -> None:
-    """``save_state`` on every process, then a marker that says the checkpoint is complete."""
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        from slimkit.io import save_json
+def clear_run(output_dir: str | Path) -> None:
+    """Delete an earlier run's checkpoints and metrics in ``output_dir``.
 
-        save_json(path / _STATE_FILE, {"step": step, "micro": micro})
+    :func:`train` refuses to start afresh over an earlier run's checkpoints (it would mix two
+    runs); callers that own their run folder outright, like the demos, call this first.
+    """
+    out = Path(output_dir)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _save(accelerator: Any, root: Path, name: str, step: int, micro: int) -> Path:
+    """Write checkpoint ``root/name`` so that a kill at any moment leaves a complete one.
+
+    Every process ``save_state``s into ``root/.tmp-<name>-<random>``; the main process
+    flushes it, writes the ``trainer_state.json`` marker last (atomically, fsynced) and
+    renames the folder into place. An existing ``name`` is first renamed to
+    ``.old-<name>-<random>`` and deleted only after the new one is in place;
+    :func:`recover_checkpoints` finishes or undoes a switch that a kill interrupted.
+    """
+    target = root / name
+    token = secrets.token_hex(6)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        token = broadcast_object_list([token])[0]
+    tmp = root / f".tmp-{name}-{token}"
     accelerator.wait_for_everyone()
+    _checkpoint_phase("start")
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    _checkpoint_phase("state_saved")
+    if accelerator.is_main_process:
+
+        _fsync_tree(tmp)
+        save_json(tmp / _STATE_FILE, {"step": step, "micro": micro})
+        _fsync_dir(tmp)
+        _checkpoint_phase("marker_written")
+        old = None
+        if target.exists():
+            old = root / f".old-{name}-{token}"
+            os.replace(target, old)
+            _checkpoint_phase("old_moved")
+        os.replace(tmp, target)
+        _fsync_dir(root)
+        _checkpoint_phase("switched")
+        if old is not None:
+            shutil.rmtree(old)
+            _checkpoint_phase("old_removed")
+    accelerator.wait_for_everyone()
+    return target

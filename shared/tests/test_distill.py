@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from slimkit.distill import FrozenTeacher, feature_mse, kd_kl_loss, soft_cross_entropy
+from slimkit.errors import BadInputError
+
+S = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
+T = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+
+
+def _softmax(row: list[float], temp: float) -> list[float]:
+    e = [math.exp(v / temp) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _hand_kl(temp: float) -> float:
+    total = 0.0
+    for s_row, t_row in zip(S.tolist(), T.tolist()):
+        p_s, p_t = _softmax(s_row, temp), _softmax(t_row, temp)
+        total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+    return total / len(S) * temp**2
+
+
+def _hand_ce(temp: float) -> float:
+    total = 0.0
+    for s_row, t_row in zip(S.tolist(), T.tolist()):
+        p_s, p_t = _softmax(s_row, temp), _softmax(t_row, temp)
+        total += -sum(pt * math.log(ps) for pt, ps in zip(p_t, p_s))
+    return total / len(S) * temp**2
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_kd_kl_loss_matches_hand_computation(temp: float) -> None:
+    assert kd_kl_loss(S, T, temp).item() == pytest.approx(_hand_kl(temp), rel=1e-5)
+    assert kd_kl_loss(S, T, temp, reduction="sum").item() == pytest.approx(_hand_kl(temp) * 2, rel=1e-5)
+    assert kd_kl_loss(S, T, temp, reduction="none").shape == S.shape
+    assert kd_kl_loss(T, T, temp).item() == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.0])
+def test_soft_cross_entropy_matches_hand_and_differs_from_kl_by_entropy(temp: float) -> None:
+    ce = soft_cross_entropy(S, T, temp).item()
+    assert ce == pytest.approx(_hand_ce(temp), rel=1e-5)
+    entropy = sum(-sum(p * math.log(p) for p in _softmax(r, temp)) for r in T.tolist()) / 2 * temp**2
+    assert ce == pytest.approx(kd_kl_loss(S, T, temp).item() + entropy, rel=1e-5)
+
+
+def test_losses_do_not_backprop_into_teacher() -> None:
+    s, t = S.clone().requires_grad_(True), T.clone().requires_grad_(True)
+    (kd_kl_loss(s, t, 2.0) + soft_cross_entropy(s, t) + feature_mse(s, t)).backward()
+    assert s.grad is not None and t.grad is None
+
+
+def test_feature_mse_with_adapter() -> None:
+    assert feature_mse(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
+    adapter = nn.Linear(2, 3, bias=False)
+    adapter.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    loss = feature_mse(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0, 0.0]]), adapter)
+    assert loss.item() == pytest.approx(9.0 / 3)
+    with pytest.raises(BadInputError):
+        feature_mse(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(BadInputError):
+        kd_kl_loss(S, T, 0.0)
+
+
+def test_frozen_teacher_stays_frozen() -> None:
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Dropout(0.5))
+    teacher = FrozenTeacher(net)
+    outer = nn.Sequential(nn.Linear(3, 3), teacher)
+    outer.train()
+    assert not teacher.training and not any(m.training for m in net.modules())
+    assert all(not p.requires_grad for p in net.parameters())
+    stats = net[1].running_mean.clone()
+    x = torch.randn(8, 3, requires_grad=True)
+    y = teacher(x)
+    assert not y.requires_grad and torch.equal(net[1].running_mean, stats)
+    assert torch.equal(y, teacher(x))  # dropout off: deterministic
