@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Every way of running the tests checks the Triton kernels: without a GPU they run under Triton's
+# CPU interpreter (kernels are built lazily, so setting it here, before collection, is in time).
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -10,8 +18,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    import torch
-
     has_cuda = torch.cuda.is_available()
     run_slow = config.getoption("--run-slow")
     for item in items:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,83 @@ def test_resume_truncates_metrics_and_fresh_start_refuses_old_checkpoints(tmp_pa
     with pytest.raises(BadInputError, match="holds checkpoints of an earlier run"):
         train(_model(), _data(), _cfg(tmp_path, max_steps=3))
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def _indexed_data(n: int = 32) -> TensorDataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 6, generator=gen)
+    return TensorDataset(x, (x[:, 0] > 0).long(), torch.arange(n))
+
+
+def _seen_order(tmp: Path, **kw: Any) -> list[list[int]]:
+    """Sample ids of every batch, in the order the loop fed them."""
+    seen: list[list[int]] = []
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        seen.append(batch[2].tolist())
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    train(_model(), _indexed_data(), _cfg(tmp, batch_size=8, max_steps=12, **kw), loss_fn=loss)
+    return seen
+
+
+def _epochs(batches: list[list[int]], per_epoch: int = 4) -> list[list[int]]:
+    """Concatenate batches into epochs (32 samples / batch 8 = 4 steps an epoch)."""
+    return [[i for batch in batches[s : s + per_epoch] for i in batch] for s in range(0, len(batches), per_epoch)]
+
+
+def test_every_epoch_is_a_new_permutation_and_the_order_is_reproducible(tmp_path: Path) -> None:
+    seen = _seen_order(tmp_path / "a")
+    epochs = _epochs(seen)
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(32))  # every sample exactly once per epoch
+    assert len({tuple(e) for e in epochs}) == 3  # a new order every epoch
+    assert all(e != list(range(32)) for e in epochs)
+    assert _seen_order(tmp_path / "b") == seen  # same seed, same batches
+    assert _seen_order(tmp_path / "c", seed=1) != seen
+    plain = _seen_order(tmp_path / "d", shuffle=False)
+    assert _epochs(plain) == [list(range(32))] * 3
+
+
+class LrRecorder:
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def after_backward(self, ctx: TrainContext) -> None:  # the rate the coming optimizer step uses
+        self.lrs.append(ctx.optimizer.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("scheduler", ["constant", "cosine"])
+def test_warmup_then_schedule_gives_the_rate_of_every_step(tmp_path: Path, scheduler: str) -> None:
+    rec = LrRecorder()
+    lr, low, warm, total = 0.1, 0.01, 4, 12
+    train(_model(), _data(), _cfg(tmp_path, lr=lr, min_lr=low, warmup_steps=warm, max_steps=total, scheduler=scheduler), callbacks=[rec])
+    expected = [lr * (i + 1) / warm for i in range(warm)]
+    for i in range(warm, total):
+        if scheduler == "constant":
+            expected.append(lr)
+        else:
+            expected.append(low + (lr - low) * 0.5 * (1 + math.cos(math.pi * (i - warm) / (total - warm))))
+    assert rec.lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+class GradRecorder:
+    def __init__(self) -> None:
+        self.grads: list[torch.Tensor] = []
+
+    def after_backward(self, ctx: TrainContext) -> None:  # before clipping, per the API
+        self.grads.append(torch.cat([p.grad.detach().flatten().clone() for p in ctx.model.parameters()]))
+
+
+def test_max_grad_norm_clips_the_update_to_the_given_norm(tmp_path: Path) -> None:
+    model, rec = _model(), GradRecorder()
+    before = _params(model).clone()
+    cfg = _cfg(tmp_path, max_steps=1, optimizer="sgd", lr=0.5, scheduler="constant", max_grad_norm=0.05)
+    train(model, _data(), cfg, callbacks=[rec])
+    (grad,) = rec.grads
+    norm = float(grad.norm())
+    assert norm > 0.05  # the clip is active
+    # first SGD step (momentum buffer = gradient): the update is lr times the clipped gradient
+    expected = before - 0.5 * grad * (0.05 / (norm + 1e-6))
+    assert torch.allclose(_params(model), expected, rtol=0, atol=1e-7)
+    assert float((before - _params(model)).norm()) == pytest.approx(0.5 * 0.05, rel=1e-4)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -199,7 +201,7 @@ def count_flops(fn_or_module: Callable[..., Any] | nn.Module, *args: Any, **kwar
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None) -> int:
-    """Peak bytes during ``fn``: CUDA allocator peak, or the process's RSS growth on CPU."""
+    """Peak bytes during ``fn`` above what was in use before it: CUDA allocator peak, or peak RSS on CPU."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gc.collect()
     if dev.type == "cuda":
@@ -209,9 +211,28 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None)
         fn()
         torch.cuda.synchronize(dev)
         return int(torch.cuda.max_memory_allocated(dev) - base)
-    import resource
-
+    if _reset_peak_rss():
+        base = _proc_status_kib("VmRSS")
+        fn()
+        return max(0, _proc_status_kib("VmHWM") - base) * 1024
+    # No /proc/self/clear_refs (not Linux): only growth of the lifetime peak is observable.
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(max(0, after - before) * 1024)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0), so the peak of ``fn`` alone is measured."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} missing from /proc/self/status")
