@@ -217,3 +217,55 @@ def test_search_warm_start_from_kept_counts(capsys, trained, tmp_path):
     _bad(capsys, "search", "--checkpoint", str(trained), "--target-ratio", "0.5", "--steps", "1",
          "--output", str(tmp_path / "x.json"), "--init-schedule", "53,41")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_version_and_parser_contract(capsys):
+    from token_rate.cli import build_parser
+
+    code, out, _ = _run(capsys, "--version")
+    assert code == 0 and out.strip() == "token-rate 0.2.0"
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert "demo" in sub.choices
+    for name, p in sub.choices.items():
+        assert callable(p.get_default("func")), name
+
+
+def test_validation_happens_before_any_write(capsys, tmp_path):
+    # a value or input that cannot work is refused before the first file is written
+    assert "--batch-size must be >= 1" in _bad(capsys, "eval", "--model", "digits_vit", "--batch-size", "0")
+    assert "use one of .png" in _bad(capsys, "visualize", "--model", "digits_vit", "--tome-r", "2",
+                                      "--output", str(tmp_path / "g.jpg"))
+    assert "larger than the 32 merges" in _bad(capsys, "eval", "--model", "digits_vit", "--tome-r", "33")
+    assert "--checkpoint-every must be >= 0" in _bad(
+        capsys, "search", "--model", "digits_vit", "--target-ratio", "0.5", "--checkpoint-every", "-2",
+        "--output", str(tmp_path / "s.json"))
+    assert "nothing to resume" in _bad(capsys, "search", "--model", "digits_vit", "--target-ratio", "0.5",
+                                       "--output", str(tmp_path / "s.json"), "--resume")
+    (tmp_path / "file").write_text("x")
+    assert "is a file, expected a folder" in _bad(capsys, "train", "--output", str(tmp_path / "file"))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"prune": [65, "sixty"], "merge": [65, 33]}))
+    assert "Schedule.prune must be" in _bad(capsys, "flops", "--model", "digits_vit", "--schedule", str(bad))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "file"]
+
+
+def test_corrupt_checkpoint_files_are_named_as_corrupt(tmp_path):
+    torch.manual_seed(0)
+    save_trained(tmp_path / "run", digits_vit(depth=1, embed_dim=16, num_heads=2), "digits_vit",
+                 {"depth": 1, "embed_dim": 16, "num_heads": 2})
+    (tmp_path / "run" / "config.json").write_text("{\"config\": ")
+    with pytest.raises(CorruptFileError, match=r"config\.json is corrupt"):
+        read_checkpoint(tmp_path / "run")
+    data = (tmp_path / "run" / "model.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="corrupt or truncated"):
+        read_checkpoint(tmp_path / "trunc.safetensors")
+
+
+def test_existing_json_output_is_replaced(capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("old")
+    _json(capsys, "bench", "--model", "digits_vit", "--tome-r", "4", "--batch-size", "2", "--warmup", "0",
+          "--repeats", "1", "--output", str(out))
+    assert json.loads(out.read_text())["rows"][0]["name"] == "baseline"

@@ -6,16 +6,21 @@ Quick use::
     model = timm.create_model("deit_small_patch16_224")
     token_rate.patch(model, "deit_small@2.9")       # published DiffRate schedule
     token_rate.gmacs(model)                           # 2.905
+    token_rate.unpatch(model)
 
 See :func:`patch` for the configs (:class:`DiffRateConfig`, :class:`SearchConfig`, :class:`ToMeConfig`).
+``__all__`` lists the entry point, its undo, the configs and a few everyday helpers; everything else
+is importable from its submodule (and, as in 0.1, as an attribute of the package).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig, config_from_dict
-from token_rate.flops import ViTDims, counted_gmacs, differentiable_gmacs, gmacs
+from token_rate.api import config_from_dict, patch, unpatch
+from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig
+from token_rate.flops import ViTDims, differentiable_gmacs
+from token_rate.model_flops import counted_gmacs, gmacs
 from token_rate.patch import (
     arch_parameters,
     current_token_counts,
@@ -24,13 +29,12 @@ from token_rate.patch import (
     is_patched,
     last_token_counts,
     model_dims,
-    patch,
     search_gmacs,
     set_search_masking,
     token_source,
-    unpatch,
 )
 from token_rate.schedule import Schedule, list_schedules, load_schedule
+from token_rate.search import search
 
 try:
     __version__ = version("token-rate")
@@ -39,42 +43,24 @@ except PackageNotFoundError:  # pragma: no cover - source tree
 
 
 __all__ = [
+    "__version__",
+    "patch",
+    "unpatch",
     "DiffRateConfig",
     "SearchConfig",
     "ToMeConfig",
     "Schedule",
-    "ViTDims",
-    "__version__",
-    "arch_parameters",
     "config_from_dict",
-    "counted_gmacs",
-    "current_token_counts",
-    "differentiable_gmacs",
-    "export_schedule",
-    "get_context",
     "gmacs",
-    "is_patched",
-    "last_token_counts",
     "list_schedules",
     "load_schedule",
-    "model_dims",
-    "patch",
-    "search_gmacs",
-    "set_search_masking",
+    "search",
     "token_source",
-    "unpatch",
 ]
 
-
-# The search loop lives in token_rate.search (training through slimkit.train). Import it last and
-# guarded, so the core API stays importable when that module or its dependencies are missing.
-try:
-    from token_rate.search import search
-except ImportError as _search_error:  # pragma: no cover - depends on the install
-    _search_import_error = _search_error
-
-    def search(*args: object, **kwargs: object) -> object:  # type: ignore[misc]
-        """Unavailable: ``token_rate.search`` could not be imported (see the chained error)."""
-        raise ImportError(f"token_rate.search is unavailable: {_search_import_error}") from _search_import_error
-
-__all__.append("search")
+# Not in __all__ but kept as package attributes for 0.1 code (import them from their modules):
+# token_rate.flops: ViTDims, differentiable_gmacs; token_rate.model_flops: counted_gmacs;
+# token_rate.patch: arch_parameters, current_token_counts, export_schedule, get_context, is_patched,
+# last_token_counts, model_dims, search_gmacs, set_search_masking.
+_COMPAT = (ViTDims, differentiable_gmacs, counted_gmacs, arch_parameters, current_token_counts, export_schedule,
+           get_context, is_patched, last_token_counts, model_dims, search_gmacs, set_search_masking)

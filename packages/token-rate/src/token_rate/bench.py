@@ -9,7 +9,7 @@ CPU numbers are noisy (10-20% run to run) and only the ratios are worth comparin
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from torch import nn
 
 from slimkit.bench import compare, env_header
 from slimkit.errors import BadInputError
+from slimkit.io import config_to_dict
 from token_rate.config import DiffRateConfig, ToMeConfig
 from token_rate.flops import ViTDims, analytic_macs, tome_token_counts
 from token_rate.models import input_spec
@@ -95,7 +96,7 @@ def run_bench(model: nn.Module, config: BenchConfig, device: torch.device | None
         row["gmacs"] = variants[row["name"]][1]
         row["images_per_s"] = row.pop("throughput")
     return {
-        "config": {"_type": "BenchConfig", **asdict(config)},
+        "config": config_to_dict(config),
         "dims": dims.to_dict(),
         "rows": rows,
         "env": env_header(device=device),

@@ -3,6 +3,12 @@
 Every subcommand takes ``--json`` (one JSON document on stdout), ``--device`` and ``--seed``; bad
 input ends in one ``token-rate: error: ...`` line and exit code 2. ``search`` also runs under
 ``accelerate launch -m token_rate.cli search ...``.
+
+Check first, write second: every subcommand validates all its arguments and inputs (numbers,
+input files and folders, schedules against the model, output paths through :mod:`slimkit.paths`)
+before it writes its first file. Single-file outputs write the format their extension names
+(``visualize``: ``.png``; schedules and reports: ``.json``) and replace an existing file atomically;
+output folders are reused only when they hold the same kind of output.
 """
 
 from __future__ import annotations
@@ -16,13 +22,32 @@ import torch
 from torch import nn
 
 from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
+from slimkit.data import read_image, resolve_dataset, sample_images
 from slimkit.errors import BadInputError
+from slimkit.io import save_json
+from slimkit.paths import check_input_dir, check_input_file, check_output_dir, check_output_file, claim_output_dir
+from slimkit.train import find_latest_checkpoint
+from token_rate import __version__
+from token_rate.bench import BenchConfig, run_bench
+from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig
+from token_rate.diffrate import check_schedule_fits
+from token_rate.flops import analytic_macs
+from token_rate.model_flops import counted_gmacs, gmacs
+from token_rate.models import evaluate, input_spec, load_model, train_digits_vit
+from token_rate.patch import current_token_counts, model_dims, model_info, patch
+from token_rate.quickstart import run as run_demo
+from token_rate.schedule import Schedule, list_schedules, load_schedule
+from token_rate.search import SearchSettings, UnlabelledImages, search, search_train_config
+from token_rate.visualize import resolve_blocks, visualize
 
 PROG = "token-rate"
+KIND_TRAIN = "token-rate train"
+KIND_SEARCH = "token-rate search"
+KIND_DEMO = "token-rate demo"
 
 
 # ----------------------------------------------------------------------------------------------
-# shared helpers
+# shared helpers: validation first
 # ----------------------------------------------------------------------------------------------
 
 
@@ -36,60 +61,95 @@ def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def _add_compression(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=None, help="published name (see `token-rate schedules`) or schedule JSON")
-    p.add_argument("--mode", default="official", choices=("official", "weighted"), help="DiffRate merge mode")
+    p.add_argument("--mode", default=None, choices=("official", "weighted"),
+                   help="DiffRate merge mode (default: official; needs --schedule)")
     p.add_argument("--tome-r", type=int, default=None, help="ToMe tokens merged per block")
 
 
+def _at_least(name: str, value: float | int | None, low: float | int) -> None:
+    if value is not None and value < low:
+        raise BadInputError(f"--{name} must be >= {low}, got {value}")
+
+
 def _positive(name: str, value: float | int | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not value > 0:
         raise BadInputError(f"--{name} must be > 0, got {value}")
 
 
-def _load(args: argparse.Namespace) -> nn.Module:
-    from token_rate.models import load_model
+def _check_checkpoint(args: argparse.Namespace) -> None:
+    """A missing, empty or wrong-kind ``--checkpoint`` is refused before anything else runs."""
+    if args.checkpoint is None:
+        return
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        check_input_dir(path, "checkpoint folder")
+        check_input_file(path / "model.safetensors", "checkpoint weights")
+    else:
+        check_input_file(path, "checkpoint")
+    if args.num_classes is not None:
+        _at_least("num-classes", args.num_classes, 1)
 
+
+def _load(args: argparse.Namespace) -> nn.Module:
     if args.model is None and args.checkpoint is None and args.default_model is not None:
         args.model = args.default_model
     if args.model is None and args.checkpoint is None:
         raise BadInputError("pass --model NAME and/or --checkpoint PATH (e.g. a folder from `token-rate train`)")
+    _check_checkpoint(args)
     return load_model(args.model, checkpoint=args.checkpoint, num_classes=args.num_classes)
 
 
-def _compression_config(args: argparse.Namespace) -> Any:
-    from token_rate.config import DiffRateConfig, ToMeConfig
+def _read_schedule(spec: str, option: str = "--schedule") -> Schedule:
+    """A published name or a schedule JSON file, read (and type-checked) before any work."""
+    path = Path(spec)
+    if path.exists() or "@" not in spec:
+        check_input_file(path, f"{option} file", (".json",))
+    return load_schedule(spec)
 
-    if args.schedule is not None and args.tome_r is not None:
+
+def _check_compression_args(args: argparse.Namespace) -> Schedule | None:
+    """Model-independent checks of --schedule / --mode / --tome-r; returns the schedule read."""
+    if args.schedule is not None and args.tome_r is not None and args.command not in ("bench", "visualize"):
         raise BadInputError("give either --schedule or --tome-r, not both")
+    if args.mode is not None and args.schedule is None:
+        raise BadInputError("--mode applies to a DiffRate --schedule; give --schedule or drop --mode")
+    _at_least("tome-r", args.tome_r, 0)
+    return _read_schedule(args.schedule) if args.schedule is not None else None
+
+
+def _check_against_model(model: nn.Module, schedule: Schedule | None, tome_r: int | None) -> None:
+    """The schedule fits the model (tokens, depth, width) and ToMe's r is one the tokens can take."""
+    info = model_info(model)
+    if schedule is not None:
+        check_schedule_fits(schedule, info)
+    if tome_r is not None:
+        patches = info.dims.num_tokens - info.num_prefix_tokens
+        if tome_r > patches // 2:
+            raise BadInputError(f"--tome-r {tome_r} is larger than the {patches // 2} merges per block that the "
+                                f"model's {patches} patch tokens allow")
+
+
+def _compression_config(args: argparse.Namespace) -> DiffRateConfig | ToMeConfig | None:
     if args.schedule is not None:
-        return DiffRateConfig(schedule=args.schedule, mode=args.mode)
+        return DiffRateConfig(schedule=args.schedule, mode=args.mode or "official")
     if args.tome_r is not None:
-        if args.tome_r < 0:
-            raise BadInputError(f"--tome-r must be >= 0, got {args.tome_r}")
         return ToMeConfig(r=args.tome_r)
     return None
 
 
 def _dataset(spec: str, split: str, model: nn.Module, seed: int, labelled: bool = True) -> Any:
-    from slimkit.data import resolve_dataset
-    from token_rate.models import input_spec
-
     size, chans = input_spec(model)
+    if spec == "digits":
+        return resolve_dataset(spec, split=split, image_size=size, channels=chans, seed=seed)
     path = Path(spec)
-    if spec != "digits" and not labelled and path.is_dir():
+    if not path.exists():
+        raise BadInputError(f"--data must be 'digits' or an image folder; not found: {spec}")
+    check_input_dir(path, "--data folder")
+    if not labelled:
         has_classes = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
         if not has_classes:
-            from token_rate.search import UnlabelledImages
-
             return UnlabelledImages(path, size, chans)
-    if spec != "digits" and not path.exists():
-        raise BadInputError(f"--data must be 'digits' or an image folder; not found: {spec}")
     return resolve_dataset(spec, split=split, image_size=size, channels=chans, seed=seed)
-
-
-def _write_json(path: str, obj: Any) -> None:
-    from slimkit.io import save_json
-
-    save_json(path, obj)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,9 +158,6 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def cmd_schedules(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.flops import gmacs
-    from token_rate.schedule import list_schedules, load_schedule
-
     rows = []
     for name in list_schedules():
         s = load_schedule(name)
@@ -116,11 +173,10 @@ def cmd_schedules(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.flops import analytic_macs, counted_gmacs, gmacs
-    from token_rate.models import input_spec
-    from token_rate.patch import current_token_counts, model_dims, patch
-
+    resolve_device(args.device)
+    schedule = _check_compression_args(args)
     model = _load(args)
+    _check_against_model(model, schedule, args.tome_r)
     dims = model_dims(model)
     cfg = _compression_config(args)
     out: dict[str, Any] = {"model": args.model or "checkpoint", "dims": dims.to_dict()}
@@ -140,36 +196,39 @@ def cmd_flops(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _init_schedule(args: argparse.Namespace, model: torch.nn.Module) -> Any:
+def _init_schedule(args: argparse.Namespace, model: torch.nn.Module) -> Schedule | None:
     """``--init-schedule``: a published name, a schedule JSON, or merge-only kept counts per block."""
-    from token_rate.patch import model_dims
-    from token_rate.schedule import Schedule, load_schedule
-
     spec = args.init_schedule
-    if not spec:
+    if spec is None:
         return None
-    if all(part.strip().isdigit() for part in spec.split(",")):
-        dims = model_dims(model)
+    info = model_info(model)
+    dims = info.dims
+    if spec.strip() and all(part.strip().isdigit() for part in spec.split(",")):
         merge = [int(part) for part in spec.split(",")]
         if len(merge) != dims.depth:
             raise BadInputError(f"--init-schedule lists {len(merge)} counts for a {dims.depth}-block model")
-        return Schedule([dims.num_tokens] * dims.depth, merge, num_tokens=dims.num_tokens,
-                        num_prefix_tokens=dims.num_prefix_tokens)
-    return load_schedule(spec)
+        sched = Schedule([dims.num_tokens] * dims.depth, merge, num_tokens=dims.num_tokens,
+                         num_prefix_tokens=dims.num_prefix_tokens)
+    else:
+        sched = _read_schedule(spec, "--init-schedule")
+    check_schedule_fits(sched, info)
+    return sched
 
 
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.config import SearchConfig
-    from token_rate.search import SearchSettings, search, search_train_config
-
     if (args.target_gmacs is None) == (args.target_ratio is None):
         raise BadInputError("give exactly one of --target-gmacs and --target-ratio")
-    for name in ("steps", "batch_size", "lr", "grad_accum"):
-        _positive(name.replace("_", "-"), getattr(args, name))
+    for name in ("steps", "batch_size", "grad_accum", "granularity"):
+        _at_least(name.replace("_", "-"), getattr(args, name), 1)
+    _positive("lr", args.lr)
+    _at_least("checkpoint-every", args.checkpoint_every, 0)
+    _at_least("flops-weight", args.flops_weight, 0)
+    output = check_output_file(args.output, (".json",))
+    work = args.work_dir or str(output.with_suffix("")) + "-run"
+    check_output_dir(work, KIND_SEARCH)
+    if args.resume and find_latest_checkpoint(work) is None:
+        raise BadInputError(f"--resume: nothing to resume in {work}")
     device = resolve_device(args.device)
-    torch.manual_seed(args.seed)
-    model = _load(args)
-    data = _dataset(args.data, "train", model, args.seed, labelled=not args.label_free)
     settings = SearchSettings(
         target_gmacs=args.target_gmacs,
         target_ratio=args.target_ratio,
@@ -177,9 +236,16 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         penalty=args.penalty,
         label_free=args.label_free,
         output=args.output,
-        name=Path(args.output).stem,
+        name=output.stem,
     )
-    work = args.work_dir or str(Path(args.output).with_suffix("")) + "-run"
+    torch.manual_seed(args.seed)
+    model = _load(args)
+    config = SearchConfig(granularity=args.granularity, mode=args.mode, init_schedule=_init_schedule(args, model))
+    baseline = analytic_macs(model_dims(model)) / 1e9
+    target = args.target_gmacs if args.target_gmacs is not None else baseline * args.target_ratio
+    if target >= baseline:
+        raise BadInputError(f"target {target:.4g} GMACs is not below the uncompressed {baseline:.4g} GMACs")
+    data = _dataset(args.data, "train", model, args.seed, labelled=not args.label_free)
     train_cfg = search_train_config(
         work,
         args.steps,
@@ -194,7 +260,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         progress=not args.json,
         log_every=max(1, args.steps // 20),
     )
-    config = SearchConfig(granularity=args.granularity, mode=args.mode, init_schedule=_init_schedule(args, model))
+    claim_output_dir(work, KIND_SEARCH)
     schedule = search(model.to(device), data, settings, config=config, train_config=train_cfg)
     meta = schedule.meta
     return {
@@ -212,12 +278,11 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.flops import gmacs
-    from token_rate.models import evaluate
-    from token_rate.patch import patch
-
+    _at_least("batch-size", args.batch_size, 1)
     device = resolve_device(args.device)
+    schedule = _check_compression_args(args)
     model = _load(args)
+    _check_against_model(model, schedule, args.tome_r)
     data = _dataset(args.data, "val", model, args.seed)
     cfg = _compression_config(args)
     if cfg is not None:
@@ -228,58 +293,54 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.models import train_digits_vit
-
-    _positive("steps", args.steps)
-    _positive("batch-size", args.batch_size)
+    _at_least("steps", args.steps, 1)
+    _at_least("batch-size", args.batch_size, 1)
     _positive("lr", args.lr)
     device = resolve_device(args.device)
+    output = claim_output_dir(args.output, KIND_TRAIN)
     return train_digits_vit(
-        Path(args.output), steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        output, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         cpu=device.type == "cpu", progress=not args.json,
     )  # fmt: skip
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.bench import BenchConfig, run_bench
-
-    if args.threads is not None:
-        _positive("threads", args.threads)
-        torch.set_num_threads(args.threads)
+    _at_least("threads", args.threads, 1)
+    _at_least("batch-size", args.batch_size, 1)
+    _at_least("warmup", args.warmup, 0)
+    _at_least("repeats", args.repeats, 1)
+    if args.no_tome and args.tome_r is not None:
+        raise BadInputError("--no-tome and --tome-r contradict each other; give one")
+    if args.schedule is None and args.tome_r is None:
+        raise BadInputError("give --schedule and/or --tome-r to compare against the baseline")
+    schedule = _check_compression_args(args)
+    if args.output:
+        check_output_file(args.output, (".json",))
     device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = _load(args)
+    _check_against_model(model, schedule, args.tome_r)
     cfg = BenchConfig(
-        schedule=args.schedule, mode=args.mode, tome_r=args.tome_r, include_tome=not args.no_tome,
+        schedule=args.schedule, mode=args.mode or "official", tome_r=args.tome_r, include_tome=not args.no_tome,
         batch_size=args.batch_size, warmup=args.warmup, repeats=args.repeats, dtype=args.dtype,
     )  # fmt: skip
-    if cfg.schedule is None and cfg.tome_r is None:
-        raise BadInputError("give --schedule and/or --tome-r to compare against the baseline")
     result = run_bench(model.to(device), cfg, device)
     if args.output:
-        _write_json(args.output, result)
+        save_json(args.output, result)
     return result
 
 
 def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
-    from slimkit.data import read_image, sample_images
-    from token_rate.config import DiffRateConfig, ToMeConfig
-    from token_rate.visualize import visualize
-
-    model = _load(args)
     if args.schedule is None and args.tome_r is None:
         raise BadInputError("give --schedule and/or --tome-r")
-    configs: dict[str, Any] = {}
-    if args.schedule is not None:
-        configs[f"DiffRate {Path(args.schedule).stem if Path(args.schedule).exists() else args.schedule}"] = (
-            DiffRateConfig(schedule=args.schedule, mode=args.mode)
-        )
-    if args.tome_r is not None:
-        if args.tome_r < 0:
-            raise BadInputError(f"--tome-r must be >= 0, got {args.tome_r}")
-        configs[f"ToMe r={args.tome_r}"] = ToMeConfig(r=args.tome_r)
+    schedule = _check_compression_args(args)
+    check_output_file(args.output, (".png",))
+    resolve_device(args.device)
     path = Path(args.image)
-    if path.suffix:
+    if path.suffix or path.exists():
+        check_input_file(path, "--image")
         image = read_image(path)
     else:
         image = sample_images([args.image])[args.image]
@@ -289,13 +350,22 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
             block = int(args.block)
         except ValueError:
             raise BadInputError(f"--block must be an integer (negative counts back) or 'all', got {block!r}") from None
+    model = _load(args)
+    _check_against_model(model, schedule, args.tome_r)
+    resolve_blocks(block, model_dims(model).depth)
+    configs: dict[str, Any] = {}
+    if args.schedule is not None:
+        label = Path(args.schedule).stem if Path(args.schedule).exists() else args.schedule
+        configs[f"DiffRate {label}"] = DiffRateConfig(schedule=args.schedule, mode=args.mode or "official")
+    if args.tome_r is not None:
+        configs[f"ToMe r={args.tome_r}"] = ToMeConfig(r=args.tome_r)
     return visualize(model, image, configs, args.output, title=args.title, block=block)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from token_rate.quickstart import run
-
-    return run(Path(args.output))
+    resolve_device(args.device)
+    output = claim_output_dir(args.output, KIND_DEMO)
+    return run_demo(output)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,8 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from token_rate import __version__
-
+    """The ``token-rate`` parser; every subcommand sets ``func`` (``set_defaults(func=...)``)."""
     parser, sub = make_parser(PROG, "DiffRate token pruning + merging (and ToMe) for vision transformers", __version__)
 
     p = add_common(sub.add_parser("schedules", help="list the published DiffRate schedules"))
@@ -337,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="warm start: published name, schedule JSON, or comma-separated kept counts per block "
         "(merge only); default: uniform logits as in the official code",
     )  # fmt: skip
-    p.add_argument("--mode", default="official", choices=("official", "weighted"))
+    p.add_argument("--mode", default="official", choices=("official", "weighted"), help="DiffRate merge mode")
     p.add_argument("--label-free", action="store_true", help="distil from the uncompressed model (no labels)")
     p.add_argument("--work-dir", default=None, help="checkpoints/metrics folder (default: <output>-run)")
     p.add_argument("--checkpoint-every", type=int, default=0)

@@ -14,19 +14,23 @@ Merge modes (``mode``):
 * ``"weighted"``: ToMe-style size-weighted average, plain size sums. Sizes then count exactly the
   patches a token stands for, which makes proportional attention and size-weighted pooling exact.
 
-All configs serialise to plain dicts (``to_dict`` / :func:`config_from_dict`) in slimkit's
-``{"_type", "_version", ...}`` layout.
+All configs serialise only through :mod:`slimkit.io` (``to_dict`` is
+:func:`slimkit.io.config_to_dict`; :func:`token_rate.config_from_dict` reads any of them through
+the package's :class:`~slimkit.registry.MethodRegistry`), in slimkit's ``{"_type", "_version", ...}``
+layout. :func:`upgrade_config_dict` maps the few 0.1 spellings that differ onto the 0.2 fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from slimkit.errors import BadInputError
+from slimkit.io import config_to_dict
 from token_rate.schedule import Schedule, load_schedule
 
-__all__ = ["DiffRateConfig", "SearchConfig", "ToMeConfig", "config_from_dict", "MODES"]
+__all__ = ["DiffRateConfig", "SearchConfig", "ToMeConfig", "CONFIG_TYPES", "MODES", "upgrade_config_dict"]
 
 MODES = ("official", "weighted")
 
@@ -63,9 +67,7 @@ class DiffRateConfig:
         return load_schedule(self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _plain(self)
-        d["schedule"] = self.schedule.to_dict() if isinstance(self.schedule, Schedule) else str(self.schedule)
-        return d
+        return config_to_dict(self)
 
 
 @dataclass
@@ -100,10 +102,7 @@ class SearchConfig:
             self.init_schedule = Schedule.from_dict(self.init_schedule)
 
     def to_dict(self) -> dict[str, Any]:
-        d = _plain(self)
-        if isinstance(self.init_schedule, Schedule):
-            d["init_schedule"] = self.init_schedule.to_dict()
-        return d
+        return config_to_dict(self)
 
 
 @dataclass
@@ -122,47 +121,42 @@ class ToMeConfig:
     trace_source: bool = False
 
     def __post_init__(self) -> None:
-        r = self.r
+        r: Any = self.r
+        # JSON has no tuples: (r, inflection) comes back as a two-element list whose second entry is a
+        # float, which a per-block list (integers only) never has.
+        if isinstance(r, list) and len(r) == 2 and isinstance(r[1], float):
+            r = tuple(r)
         if isinstance(r, list):
             if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r):
                 raise BadInputError(f"per-block r must be non-negative integers, got {r!r}")
         elif isinstance(r, tuple):
-            if len(r) != 2 or not -1.0 <= float(r[1]) <= 1.0 or int(r[0]) < 0:
+            if (len(r) != 2 or isinstance(r[0], bool) or not isinstance(r[0], int) or isinstance(r[1], bool)
+                    or not isinstance(r[1], (int, float)) or not -1.0 <= float(r[1]) <= 1.0 or r[0] < 0):
                 raise BadInputError(f"r as a tuple must be (r >= 0, inflection in [-1, 1]), got {r!r}")
+            r = (int(r[0]), float(r[1]))
         elif isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise BadInputError(f"r must be a non-negative int, (r, inflection) or a list, got {r!r}")
+        self.r = r
 
     def to_dict(self) -> dict[str, Any]:
-        d = _plain(self)
-        if isinstance(self.r, tuple):
-            d["r"] = {"r": self.r[0], "inflection": self.r[1]}
-        return d
+        return config_to_dict(self)
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    d: dict[str, Any] = {"_type": type(cfg).__name__, "_version": 1}
-    for f in fields(cfg):
-        d[f.name] = getattr(cfg, f.name)
-    return d
+CONFIG_TYPES: tuple[type, ...] = (DiffRateConfig, SearchConfig, ToMeConfig)
 
 
-_TYPES: dict[str, type] = {c.__name__: c for c in (DiffRateConfig, SearchConfig, ToMeConfig)}
+def upgrade_config_dict(data: Any) -> Any:
+    """Map a config dict written by token-rate 0.1 onto the 0.2 fields (other input is returned as is).
 
-
-def config_from_dict(d: dict[str, Any]) -> DiffRateConfig | SearchConfig | ToMeConfig:
-    """Rebuild a config from ``to_dict`` output; unknown types or fields raise BadInputError."""
-    if not isinstance(d, dict):
-        raise BadInputError(f"config must be a JSON object, got {type(d).__name__}")
-    d = dict(d)
-    kind = d.pop("_type", None)
-    d.pop("_version", None)
-    cls = _TYPES.get(str(kind))
-    if cls is None:
-        raise BadInputError(f"unknown config _type {kind!r}; expected one of {sorted(_TYPES)}")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise BadInputError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    if cls is ToMeConfig and isinstance(d.get("r"), dict):
-        d["r"] = (int(d["r"]["r"]), float(d["r"]["inflection"]))
-    return cls(**d)  # type: ignore[no-any-return]
+    0.1 wrote ToMe's ``(r, inflection)`` as ``{"r": r, "inflection": x}``; 0.2 writes ``[r, x]``.
+    Everything else 0.1 wrote is already in the 0.2 layout.
+    """
+    if not isinstance(data, Mapping) or data.get("_type") != "ToMeConfig":
+        return data
+    r = data.get("r")
+    if isinstance(r, Mapping) and set(r) == {"r", "inflection"}:
+        inflection = r["inflection"]
+        if isinstance(inflection, int) and not isinstance(inflection, bool):
+            inflection = float(inflection)
+        return {**data, "r": [r["r"], inflection]}
+    return data

@@ -13,7 +13,8 @@ The compression step runs between the attention residual and the MLP of every bl
 * DiffRate search (training mode with DDP logits): the same sort, but nothing is removed; the
   pruned and merged-away ranks are zeroed in a differentiable mask that later blocks apply to
   their attention keys. In eval mode a search-patched model slices to the current hard counts.
-* ToMe: bipartite soft matching with ``r`` merges (see :mod:`token_rate.tome`).
+* ToMe: bipartite soft matching with ``r`` merges (the ``token_merge`` function
+  :mod:`token_rate.tome` hands over, so this module does not import the method modules).
 
 Deliberate differences from the official code, none of which changes which tokens survive: a block
 that compresses nothing skips the sort (the official code re-sorts every block, which only permutes
@@ -23,6 +24,7 @@ finite if a best match ever has negative cosine similarity (the official code do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +33,8 @@ from torch import Tensor
 
 from token_rate.ddp import DiffRateDDP
 from token_rate.flops import ViTDims
-from token_rate.merge import best_match, merge, merge_source, take_rows
-from token_rate.tome import bipartite_merge
+from token_rate.ops import best_match, merge
+from token_rate.reference import merge_source, take_rows
 
 __all__ = ["TokenRateContext", "ModelInfo"]
 
@@ -62,8 +64,10 @@ class TokenRateContext:
     """Method settings + per-forward token state for one patched model."""
 
     def __init__(self, method: str, config: Any, info: ModelInfo, *, prune: list[int] | None = None,
-                 merge_counts: list[int] | None = None, r: list[int] | None = None) -> None:
+                 merge_counts: list[int] | None = None, r: list[int] | None = None,
+                 token_merge: Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None = None) -> None:
         self.method = method  # "diffrate" | "search" | "tome"
+        self.token_merge = token_merge  # ToMe: bipartite_merge(x, metric, r, num_prefix, size, source)
         self.config = config
         self.info = info
         self.prune = prune
@@ -125,8 +129,8 @@ class TokenRateContext:
         st = self.state
         if self.method == "tome":
             if metric is not None:
-                assert self.r is not None
-                x, st.size, st.source = bipartite_merge(x, metric, self.r[index], self.info.num_prefix_tokens,
+                assert self.r is not None and self.token_merge is not None
+                x, st.size, st.source = self.token_merge(x, metric, self.r[index], self.info.num_prefix_tokens,
                                                         st.size, st.source)
             st.counts.append(x.shape[1])
             st.active = x.shape[1]

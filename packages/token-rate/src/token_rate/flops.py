@@ -12,20 +12,23 @@ schedule, DeiT-S comes out at 2.905 GMACs, the number in the DiffRate README.
 
 :func:`differentiable_gmacs` is the same formula on tensors, with the official straight-through
 ``min`` so that the search loss ``(GMACs - target)^2`` sends gradient to every block's prune and
-merge kept counts. :func:`counted_gmacs` cross-checks with ``torch.utils.flop_counter`` (through
-``slimkit.bench.count_flops``, which also counts SDPA).
+merge kept counts. The model-level entry points (:func:`token_rate.model_flops.gmacs` for a model, a published name or
+a config, and :func:`token_rate.model_flops.counted_gmacs`, the ``torch.utils.flop_counter``
+cross-check) sit above the patch in :mod:`token_rate.model_flops`; this module holds only formulas
+and imports nothing from token_rate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from slimkit.errors import BadInputError
+from slimkit.report import ReportMixin
 
 __all__ = [
     "ViTDims",
@@ -34,15 +37,13 @@ __all__ = [
     "analytic_macs",
     "differentiable_gmacs",
     "ste_min",
-    "gmacs",
-    "counted_gmacs",
     "tome_token_counts",
 ]
 
 
 @dataclass(frozen=True)
-class ViTDims:
-    """The few numbers the analytic count needs."""
+class ViTDims(ReportMixin):
+    """The few numbers the analytic count needs (``to_dict`` / ``to_json`` from :class:`slimkit.report.ReportMixin`)."""
 
     depth: int
     embed_dim: int
@@ -52,9 +53,6 @@ class ViTDims:
     num_classes: int = 1000
     mlp_ratio: float = 4.0
     num_prefix_tokens: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def attention_macs(n: Any, c: int) -> Any:
@@ -128,75 +126,3 @@ def tome_token_counts(dims: ViTDims, r: Sequence[int]) -> list[int]:
         n = n - min(int(rl), (n - dims.num_prefix_tokens) // 2)
         out.append(n)
     return out
-
-
-def _counts_for(dims: ViTDims, what: Any) -> list[int] | None:
-    """Per-block outgoing counts for a schedule, a config or a list."""
-    from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig
-    from token_rate.schedule import Schedule, load_schedule
-    from token_rate.tome import parse_r
-
-    if what is None:
-        return None
-    if isinstance(what, SearchConfig):
-        raise BadInputError("a SearchConfig has no fixed schedule; pass the patched model instead")
-    if isinstance(what, DiffRateConfig):
-        what = what.schedule
-    if isinstance(what, ToMeConfig):
-        return tome_token_counts(dims, parse_r(dims.depth, what.r))
-    if isinstance(what, (str, Schedule)):
-        sched = load_schedule(what)
-        sched.validate(depth=dims.depth, num_tokens=dims.num_tokens)
-        return sched.effective(dims.num_tokens)
-    if isinstance(what, Sequence):
-        return [int(v) for v in what]
-    raise BadInputError(f"cannot count MACs for a {type(what).__name__}; pass a Schedule, config or list")
-
-
-def gmacs(model_or_dims: Any, schedule: Any = None) -> float:
-    """Analytic GMACs of a model (or :class:`ViTDims`) under a schedule, config or per-block counts.
-
-    * ``gmacs("deit_small@2.9")``: a published schedule on the model it was searched on (2.905).
-    * ``gmacs(model)``: a patched model under its own config (search mode: the current hard counts);
-      an unpatched model: the uncompressed baseline.
-    * ``gmacs(model_or_dims, schedule)``: ``schedule`` may be a :class:`~token_rate.Schedule`, a
-      published name, a ``DiffRateConfig``/``ToMeConfig``, or a list of tokens leaving each block.
-    """
-    from token_rate.schedule import published_dims
-
-    if isinstance(model_or_dims, str):
-        pd = published_dims(model_or_dims)
-        dims = ViTDims(**{k: v for k, v in pd.items() if k in ViTDims.__dataclass_fields__})
-        if schedule is None:
-            schedule = model_or_dims
-    elif isinstance(model_or_dims, ViTDims):
-        dims = model_or_dims
-    elif isinstance(model_or_dims, dict):
-        dims = ViTDims(**model_or_dims)
-    elif isinstance(model_or_dims, nn.Module):
-        from token_rate.patch import current_token_counts, model_dims
-
-        dims = model_dims(model_or_dims)
-        if schedule is None:
-            return analytic_macs(dims, current_token_counts(model_or_dims)) / 1e9
-    else:
-        raise BadInputError(f"gmacs() needs a model, ViTDims or published name, got {type(model_or_dims).__name__}")
-    return analytic_macs(dims, _counts_for(dims, schedule)) / 1e9
-
-
-def counted_gmacs(model: nn.Module, *example_inputs: Any) -> float:
-    """GMACs measured by running the model under ``torch.utils.flop_counter`` (FLOPs / 2).
-
-    Unlike the analytic count this includes the small extra matmuls the method adds (the class
-    attention row, the similarity matrix), so it lands slightly above :func:`gmacs`.
-    """
-    from slimkit.bench import count_flops
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            flops = count_flops(model, *example_inputs)
-    finally:
-        model.train(was_training)
-    return flops / 2 / 1e9

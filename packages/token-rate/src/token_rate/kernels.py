@@ -1,105 +1,38 @@
-"""Fused kernels for DiffRate's merge step: nearest-destination matching and the scatter merge.
+"""Triton kernels for DiffRate's merge step, built lazily on first use and cached.
 
-Two ``torch.library`` custom ops, following slimkit.kernels' pattern:
+* :func:`best_match_triton` ``(src, dst) -> (sim, idx)``: for every source token, the cosine
+  similarity to its most similar destination token and that destination's index. The kernel
+  normalizes on the fly and keeps a running max/argmax over destination tiles, so the ``Ns x Nd``
+  similarity matrix is never materialized.
+* :func:`merge_triton` ``(x, size, src, src_size, idx, mode) -> (x', size')``: every source token
+  is folded into its destination ``idx``; ``mode="mean"`` is the official DiffRate unweighted mean,
+  ``mode="weighted"`` ToMe's size-weighted average. Sizes add in both modes. The kernel is a
+  deterministic segmented reduction (a one-hot ``dst x src`` tile times the source tile), so it
+  needs no atomics and gives the same bits run to run.
 
-* ``token_rate::best_match(src, dst) -> (sim, idx)``: for every source token, the cosine
-  similarity to its most similar destination token and that destination's index. The Triton
-  kernel normalizes on the fly and keeps a running max/argmax over destination tiles, so the
-  ``Ns x Nd`` similarity matrix is never materialized.
-* ``token_rate::merge(x, size, src, src_size, idx, mode) -> (x', size')``: every source token is
-  folded into its destination ``idx``; ``mode="mean"`` is the official DiffRate unweighted mean
-  of a destination and all its sources, ``mode="weighted"`` is ToMe's size-weighted average.
-  In both modes sizes add. The Triton kernel is a deterministic segmented reduction (a one-hot
-  ``dst x src`` tile times the source tile), so it needs no atomics and gives the same bits run
-  to run.
-
-Dispatch: the CPU body of each op is the PyTorch reference (also under ``TRITON_INTERPRET=1``);
-the CUDA body runs Triton when it is available and falls back to the reference otherwise. The
-``*_triton`` launchers can be called directly on CPU tensors under the interpreter, which is how
-the tests check them against the references.
-
-Autograd: matching is a discrete decision made on a detached metric (as in the official code),
-so :func:`best_match` detaches its inputs and has no gradient. :func:`merge` registers an
-analytic backward (through ``x``, ``src`` and, in weighted mode, the sizes), so the fused op can
-also be used where gradients are needed.
+Triton only: this module holds the kernels (built by :func:`slimkit.kernels.lazy_kernel` on first
+use, so importing it never imports Triton) and their launchers, nothing else. The launchers run on
+CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check them against
+:mod:`token_rate.reference`). The custom ops and the public dispatching functions are in
+:mod:`token_rate.ops`.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from slimkit.kernels import autotune_configs, require_triton, use_triton
-from token_rate.merge import _NORM_EPS, MERGE_MODES, best_match_reference, merge_reference
+from slimkit.kernels import autotune_configs, lazy_kernel, require_triton
+from token_rate.reference import NORM_EPS, check_match_shapes, check_merge_args
 
-_EPS = _NORM_EPS
-
-
-# ----------------------------------------------------------------------------------------------
-# PyTorch references (the CPU path): token_rate.merge's, behind the ops' argument checks
-# ----------------------------------------------------------------------------------------------
+__all__ = ["best_match_triton", "merge_triton"]
 
 
-def _check_match_shapes(src: Tensor, dst: Tensor) -> None:
-    if src.dim() != 3 or dst.dim() != 3:
-        raise ValueError(f"best_match expects [B, N, C] tensors, got {tuple(src.shape)} and {tuple(dst.shape)}")
-    if src.shape[0] != dst.shape[0] or src.shape[2] != dst.shape[2]:
-        raise ValueError(f"best_match: batch/channel mismatch {tuple(src.shape)} vs {tuple(dst.shape)}")
-    if dst.shape[1] == 0 and src.shape[1] > 0:
-        raise ValueError("best_match: no destination tokens to match against")
-
-
-def _best_match_ref(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`token_rate.merge.best_match_reference` with the op's shape checks.
-
-    Ties go to the lowest destination index (``torch.max`` semantics); an all-zero token gets a
-    zero similarity instead of NaN.
-    """
-    _check_match_shapes(src, dst)
-    return best_match_reference(src, dst)
-
-
-def _check_merge_args(x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str) -> None:
-    if mode not in MERGE_MODES:
-        raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
-    b, nd, c = x.shape
-    ns = src.shape[1]
-    if size.shape != (b, nd, 1) or src.shape != (b, ns, c) or src_size.shape != (b, ns, 1) or idx.shape != (b, ns):
-        raise ValueError(
-            "merge: inconsistent shapes "
-            + " ".join(
-                f"{n}={tuple(t.shape)}"
-                for n, t in zip(("x", "size", "src", "src_size", "idx"), (x, size, src, src_size, idx))
-            )
-        )
-
-
-def _merge_weights(size: Tensor, src_size: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-    """Per-token averaging weights: 1 for the unweighted mean, the token size for ToMe's average."""
-    if mode == "mean":
-        return torch.ones_like(size, dtype=torch.float32), torch.ones_like(src_size, dtype=torch.float32)
-    return size.float(), src_size.float()
-
-
-def _merge_ref(
-    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
-) -> tuple[Tensor, Tensor]:
-    """:func:`token_rate.merge.merge_reference` with the op's shape checks (fp32 inside, x's dtype out)."""
-    _check_merge_args(x, size, src, src_size, idx, mode)
-    return merge_reference(x, size, src, src_size, idx, mode)
-
-
-# ----------------------------------------------------------------------------------------------
-# Triton kernels
-# ----------------------------------------------------------------------------------------------
-
-
-@functools.cache
+@lazy_kernel
 def _best_match_kernel() -> Any:
-    """Build the kernel on first use (Triton is optional; autotune configs depend on the interpreter)."""
+    """Build the kernel on first use, once (Triton is optional; autotune configs depend on the interpreter)."""
     import triton
     import triton.language as tl
 
@@ -183,9 +116,9 @@ def _best_match_kernel() -> Any:
     return kernel
 
 
-@functools.cache
+@lazy_kernel
 def _merge_kernel() -> Any:
-    """Build the kernel on first use (Triton is optional; autotune configs depend on the interpreter)."""
+    """Build the kernel on first use, once (Triton is optional; autotune configs depend on the interpreter)."""
     import triton
     import triton.language as tl
 
@@ -269,7 +202,7 @@ def best_match_triton(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
     require_triton("best_match_triton")
     import triton
 
-    _check_match_shapes(src, dst)
+    check_match_shapes(src, dst)
     bsz, ns, c = src.shape
     nd = dst.shape[1]
     sim = torch.empty(bsz, ns, device=src.device, dtype=torch.float32)
@@ -288,7 +221,7 @@ def best_match_triton(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
         src.stride(0), src.stride(1), src.stride(2),
         dst.stride(0), dst.stride(1), dst.stride(2),
         sim.stride(0), sim.stride(1),
-        EPS=_EPS,
+        EPS=NORM_EPS,
         IEEE=src.dtype == torch.float32,
     )  # fmt: skip
     return sim, idx
@@ -301,7 +234,7 @@ def merge_triton(
     require_triton("merge_triton")
     import triton
 
-    _check_merge_args(x, size, src, src_size, idx, mode)
+    check_merge_args(x, size, src, src_size, idx, mode)
     bsz, nd, c = x.shape
     ns = src.shape[1]
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -326,113 +259,3 @@ def merge_triton(
         WEIGHTED=mode == "weighted",
     )  # fmt: skip
     return out, new_size
-
-
-# ----------------------------------------------------------------------------------------------
-# Custom ops
-# ----------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("token_rate::best_match", mutates_args=())
-def _best_match_op(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    return _best_match_ref(src, dst)
-
-
-@_best_match_op.register_kernel("cuda")
-def _best_match_cuda(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    if use_triton(src, dst):
-        return best_match_triton(src, dst)
-    return _best_match_ref(src, dst)
-
-
-@_best_match_op.register_fake
-def _best_match_fake(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    shape = (src.shape[0], src.shape[1])
-    return src.new_empty(shape, dtype=torch.float32), src.new_empty(shape, dtype=torch.int64)
-
-
-@torch.library.custom_op("token_rate::merge", mutates_args=())
-def _merge_op(x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-    return _merge_ref(x, size, src, src_size, idx, mode)
-
-
-@_merge_op.register_kernel("cuda")
-def _merge_cuda(
-    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str
-) -> tuple[Tensor, Tensor]:
-    if use_triton(x, src):
-        return merge_triton(x, size, src, src_size, idx, mode)
-    return _merge_ref(x, size, src, src_size, idx, mode)
-
-
-@_merge_op.register_fake
-def _merge_fake(
-    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str
-) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(size)
-
-
-def _merge_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
-    x, size, src, src_size, idx, mode = inputs
-    ctx.mode = mode
-    ctx.save_for_backward(x, size, src, src_size, idx, output[0])
-
-
-def _merge_backward(ctx: Any, grad_out: Tensor | None, grad_size: Tensor | None) -> tuple[Tensor | None, ...]:
-    """Analytic backward: out[d] = (w_d x_d + sum_s w_s src_s) / W_d and size'[d] = size_d + sum_s size_s."""
-    x, size, src, src_size, idx, out = ctx.saved_tensors
-    mode = ctx.mode
-    w_dst, w_src = _merge_weights(size, src_size, mode)
-    index = idx.unsqueeze(-1)
-    den = w_dst.scatter_add(1, index, w_src)  # W_d, [B, Nd, 1]
-    g_x = g_src = g_size = g_ssize = None
-    if grad_out is not None:
-        g = grad_out.float() / den
-        g_at_src = g.gather(1, index.expand(-1, -1, x.shape[2]))
-        g_x = (g * w_dst).to(x.dtype)
-        g_src = (g_at_src * w_src).to(src.dtype)
-        if mode == "weighted":
-            g_size = (g * (x.float() - out.float())).sum(-1, keepdim=True)
-            out_at_src = out.float().gather(1, index.expand(-1, -1, x.shape[2]))
-            g_ssize = (g_at_src * (src.float() - out_at_src)).sum(-1, keepdim=True)
-    if grad_size is not None:
-        gs = grad_size.float()
-        g_size = gs if g_size is None else g_size + gs
-        g_ssize = gs.gather(1, index) if g_ssize is None else g_ssize + gs.gather(1, index)
-    return (
-        g_x,
-        None if g_size is None else g_size.to(size.dtype),
-        g_src,
-        None if g_ssize is None else g_ssize.to(src_size.dtype),
-        None,
-        None,
-    )
-
-
-_merge_op.register_autograd(_merge_backward, setup_context=_merge_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------
-# Public entry points
-# ----------------------------------------------------------------------------------------------
-
-
-def best_match(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-    """Most cosine-similar destination for each source token: ``(sim [B,Ns] fp32, idx [B,Ns] int64)``.
-
-    Inputs are detached: the matching is a discrete choice on a detached metric (official DiffRate).
-    """
-    return _best_match_op(src.detach(), dst.detach())
-
-
-def merge(
-    x: Tensor, size: Tensor, src: Tensor, src_size: Tensor, idx: Tensor, mode: str = "mean"
-) -> tuple[Tensor, Tensor]:
-    """Fold ``src`` tokens into destinations ``idx`` of ``x``; returns ``(new_x, new_size)``.
-
-    ``mode="mean"``: unweighted mean of each destination with all its sources (official DiffRate);
-    ``mode="weighted"``: size-weighted mean (ToMe). Sizes add in both modes. Differentiable.
-    """
-    if mode not in MERGE_MODES:
-        raise ValueError(f"merge mode must be one of {MERGE_MODES}, got {mode!r}")
-    return _merge_op(x, size, src, src_size, idx.to(torch.int64), mode)

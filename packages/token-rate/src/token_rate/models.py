@@ -16,8 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit import models as slimkit_models
+from slimkit.data import digits
 from slimkit.errors import BadInputError, CorruptFileError
+from slimkit.evaluate import top1
 from slimkit.io import load_into, load_json, load_state_dict, save_model
+from slimkit.train import TrainConfig, train
 
 DIGITS_VIT = "digits_vit"
 # 8x8 digits upsampled to 32x32 with 4x4 patches: 64 patch tokens + CLS, enough to compress.
@@ -31,8 +35,6 @@ DIGITS_VIT_DEFAULTS: dict[str, Any] = {
     "mlp_ratio": 2.0,
     "num_classes": 10,
 }
-_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
 
 
 def digits_vit(**overrides: Any) -> nn.Module:
@@ -44,19 +46,20 @@ def digits_vit(**overrides: Any) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Module:
-    """``digits_vit`` or any timm model name, randomly initialized."""
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+    """``digits_vit`` or any timm / torchvision name (:func:`slimkit.models.create_model`), randomly initialized."""
     if name == DIGITS_VIT:
-        return digits_vit(**kwargs)
-    import timm
-
-    if not timm.is_model(name):
-        raise BadInputError(f"unknown model {name!r}: use {DIGITS_VIT!r} or a timm name such as deit_small_patch16_224")
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        try:
+            return digits_vit(**kwargs)
+        except (TypeError, ValueError, AssertionError) as exc:
+            raise BadInputError(f"cannot build {name!r} with {kwargs}: {' '.join(str(exc).split())}") from None
     try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise BadInputError(f"cannot build {name!r} with {kwargs}: {exc}") from None
+        return slimkit_models.create_model(name, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError, AssertionError) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"cannot build {name!r} with {kwargs}: {' '.join(str(exc).split())}") from None
 
 
 def input_spec(model: nn.Module) -> tuple[int, int]:
@@ -77,23 +80,13 @@ def save_trained(directory: str | os.PathLike[str], model: nn.Module, name: str,
     return save_model(directory, model, spec, extra)
 
 
-def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in _WRAPPER_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CorruptFileError(f"{path} does not hold a state dict of tensors")
-    prefix = "module."
-    if all(str(k).startswith(prefix) for k in obj):
-        obj = {str(k)[len(prefix) :]: v for k, v in obj.items()}
-    return {str(k): v for k, v in obj.items()}
-
-
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """``(state_dict, model_spec or None)`` from a train folder, a safetensors file or a torch file."""
+    """``(state_dict, model_spec or None)`` from a train folder, a safetensors file or a torch file.
+
+    Files are read by :func:`slimkit.models.read_checkpoint`; a train folder's ``config.json`` and a
+    bare safetensors file's metadata name the model to rebuild. Missing paths are named as missing,
+    unreadable or truncated files as corrupt.
+    """
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"checkpoint not found: {p}")
@@ -101,26 +94,35 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         weights = p / "model.safetensors"
         if not weights.is_file():
             raise BadInputError(f"{p} has no model.safetensors (expected a folder written by `token-rate train`)")
-        tensors, _ = load_state_dict(weights)
-        config = load_json(p / "config.json") if (p / "config.json").is_file() else {}
-        return tensors, _spec_from(config)
-    if p.suffix == ".safetensors":
-        tensors, meta = load_state_dict(p)
-        return tensors, _spec_from(meta)
-    if p.suffix in _TORCH_SUFFIXES:
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors have many types
-            raise CorruptFileError(f"{p} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-        return _unwrap_state_dict(obj, p), None
+        tensors = slimkit_models.read_checkpoint(weights)
+        config: Any = {}
+        if (p / "config.json").is_file():
+            try:
+                config = load_json(p / "config.json")
+            except CorruptFileError:
+                raise CorruptFileError(f"{p / 'config.json'} is corrupt (not valid JSON)") from None
+        return tensors, _spec_from(config, p / "config.json")
+    if p.suffix.lower() == ".safetensors":
+        try:  # slimkit.io reads the tensors and the metadata (the model spec) in one pass
+            tensors, meta = load_state_dict(p)
+        except CorruptFileError:
+            raise CorruptFileError(f"{p} is corrupt or truncated (not a readable safetensors file)") from None
+        return tensors, _spec_from(meta, p)
+    if p.suffix.lower() in slimkit_models.TORCH_SUFFIXES:
+        return slimkit_models.read_checkpoint(p), None
     raise BadInputError(f"unsupported checkpoint {p.name}: use a .safetensors, .pth/.pt/.bin file or a train folder")
 
 
-def _spec_from(meta: Any) -> dict[str, Any] | None:
+def _spec_from(meta: Any, where: Path) -> dict[str, Any] | None:
+    """The ``{"name", "kwargs"}`` model spec recorded by :func:`save_trained` (``None`` if there is none)."""
     spec = meta.get("config") if isinstance(meta, Mapping) else None
-    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        return {"name": spec["name"], "kwargs": dict(spec.get("kwargs") or {})}
-    return None
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        return None
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(spec["name"], str) or not isinstance(kwargs, Mapping):
+        raise CorruptFileError(f"{where}: the model spec has wrong field types (config.name must be a string, "
+                               f"config.kwargs an object)")
+    return {"name": spec["name"], "kwargs": dict(kwargs)}
 
 
 def load_model(
@@ -155,29 +157,9 @@ def load_model(
     return model.eval()
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 256, device: torch.device | None = None) -> float:
-    """Top-1 accuracy of ``model`` (eval mode) on a dataset of ``(image, label)`` pairs."""
-    from torch.utils.data import DataLoader
-
-    if len(data) == 0:
-        raise BadInputError("the evaluation dataset is empty")
-    device = device or next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
-            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise BadInputError("evaluation needs labelled data (image, label)")
-            images, labels = batch[0].to(device), batch[1].to(device)
-            out = model(images)
-            logits = out if isinstance(out, torch.Tensor) else out.logits
-            correct += int((logits.argmax(-1) == labels).sum())
-            total += int(labels.numel())
-    finally:
-        model.train(was_training)
-    return correct / total
+    """Top-1 accuracy of ``model`` (eval mode) on ``(image, label)`` data: :func:`slimkit.evaluate.top1`."""
+    return top1(model, data, batch_size=batch_size, device=device)
 
 
 def train_digits_vit(
@@ -191,9 +173,6 @@ def train_digits_vit(
     **model_kwargs: Any,
 ) -> dict[str, Any]:
     """Train :func:`digits_vit` on the digits train split with slimkit.train and save it to ``output``."""
-    from slimkit.data import digits
-    from slimkit.train import TrainConfig, train
-
     torch.manual_seed(seed)
     model = digits_vit(**model_kwargs)
     size = int({**DIGITS_VIT_DEFAULTS, **model_kwargs}["img_size"])

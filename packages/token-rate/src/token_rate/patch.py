@@ -13,25 +13,27 @@ schedule), :func:`last_token_counts` (what the last forward actually kept).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-import torch
 from torch import Tensor, nn
 
 from slimkit.errors import BadInputError
-from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig, config_from_dict
+from token_rate import diffrate, tome
+from token_rate.config import DiffRateConfig, SearchConfig, ToMeConfig, upgrade_config_dict
 from token_rate.context import ModelInfo, TokenRateContext
-from token_rate.ddp import DiffRateDDP
 from token_rate.flops import ViTDims, differentiable_gmacs, tome_token_counts
-from token_rate.schedule import Schedule, load_schedule
-from token_rate.tome import parse_r
+from token_rate.patch_hf import HFLayerMixin, inspect_hf, is_hf_vit
+from token_rate.patch_timm import TimmBlockMixin, TimmModelMixin, inspect_timm, is_timm_vit
+from token_rate.registry import REGISTRY
+from token_rate.schedule import Schedule
 
 __all__ = [
-    "patch", "unpatch", "is_patched", "get_context", "model_dims", "arch_parameters", "search_gmacs",
+    "patch", "unpatch", "is_patched", "get_context", "model_info", "model_dims", "arch_parameters", "search_gmacs",
     "export_schedule", "current_token_counts", "last_token_counts", "token_source", "set_search_masking",
 ]
 
 Config = DiffRateConfig | SearchConfig | ToMeConfig
+_METHODS = (diffrate, tome)  # importing the method modules registers their handlers in REGISTRY
 
 _CLASS_CACHE: dict[tuple[type, type], type] = {}
 
@@ -50,22 +52,19 @@ def _patched_class(mixin: type, base: type) -> type:
 
 
 def _normalize(config: Any) -> Config:
-    if isinstance(config, (DiffRateConfig, SearchConfig, ToMeConfig)):
-        return config
+    if type(config) in REGISTRY.config_types:  # any registered method's config
+        return cast(Config, config)
     if isinstance(config, (Schedule, str)):
         return DiffRateConfig(schedule=config)
     if isinstance(config, dict):
-        if "_type" in config:
-            return config_from_dict(config)
+        if "_type" in config and config["_type"] != "Schedule":
+            return REGISTRY.config_from_dict(upgrade_config_dict(config))  # type: ignore[no-any-return]
         return DiffRateConfig(schedule=Schedule.from_dict(config))
     raise BadInputError(
         f"patch() needs a DiffRateConfig, SearchConfig, ToMeConfig, Schedule or schedule name, got {type(config).__name__}")
 
 
 def _inspect(model: nn.Module) -> tuple[ModelInfo, list[nn.Module], type, type | None]:
-    from token_rate.patch_hf import HFLayerMixin, inspect_hf, is_hf_vit
-    from token_rate.patch_timm import TimmBlockMixin, TimmModelMixin, inspect_timm, is_timm_vit
-
     if is_timm_vit(model):
         info, blocks = inspect_timm(model)
         return info, blocks, TimmBlockMixin, TimmModelMixin
@@ -86,48 +85,13 @@ def _checkpointing(model: nn.Module) -> bool:
     return False
 
 
-def _device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _build_context(cfg: Config, info: ModelInfo, model: nn.Module) -> TokenRateContext:
-    d = info.dims
-    if isinstance(cfg, DiffRateConfig):
-        sched = load_schedule(cfg.schedule)
-        if sched.num_tokens is not None and sched.num_tokens != d.num_tokens:
-            raise BadInputError(
-                f"schedule {sched.name or ''} was made for {sched.num_tokens} input tokens but the model has "
-                f"{d.num_tokens}".replace("  ", " "))
-        sched.validate(depth=d.depth, num_tokens=d.num_tokens, num_prefix_tokens=info.num_prefix_tokens)
-        return TokenRateContext("diffrate", cfg, info, prune=list(sched.prune), merge_counts=list(sched.merge))
-    if isinstance(cfg, ToMeConfig):
-        return TokenRateContext("tome", cfg, info, r=parse_r(d.depth, cfg.r))
-    # search mode
-    fix_last = cfg.fix_last_block
-    if fix_last is None:
-        fix_last = info.global_pool in ("avg", "avgmax", "max")
-    fixed = (0, d.depth - 1) if fix_last else (0,)
-    ctx = TokenRateContext("search", cfg, info)
-    ddp = DiffRateDDP(d.depth, d.num_tokens - info.num_prefix_tokens, info.num_prefix_tokens,
-                      cfg.granularity, fixed_blocks=fixed).to(_device(model))
-    if cfg.init_schedule is not None:
-        init = load_schedule(cfg.init_schedule)
-        init.validate(depth=d.depth, num_tokens=d.num_tokens, num_prefix_tokens=info.num_prefix_tokens)
-        for i in range(d.depth):
-            if i not in ddp.fixed_blocks:
-                ddp.prune[i].set_kept(init.prune[i])  # type: ignore[operator]
-                ddp.merge[i].set_kept(init.merge[i])  # type: ignore[operator]
-    ctx.ddp = ddp
-    return ctx
-
-
 def patch(model: nn.Module, config: Config | Schedule | str) -> nn.Module:
     """Patch ``model`` in place for DiffRate (schedule or search) or ToMe and return it.
 
-    ``config`` may be a :class:`DiffRateConfig`, :class:`SearchConfig`, :class:`ToMeConfig`, a
-    :class:`Schedule`, or a published schedule name / JSON path (shorthand for ``DiffRateConfig``).
+    ``config`` may be a :class:`DiffRateConfig`, :class:`SearchConfig`, :class:`ToMeConfig` (any
+    config registered in :data:`token_rate.registry.REGISTRY`; its handler builds the per-model
+    context), a tagged config dict, a :class:`Schedule`, or a published schedule name / JSON path
+    (shorthand for ``DiffRateConfig``).
     Patching a patched model replaces the previous patch. Unsupported models raise
     :class:`~slimkit.errors.BadInputError` naming the missing part.
     """
@@ -138,7 +102,7 @@ def patch(model: nn.Module, config: Config | Schedule | str) -> nn.Module:
     if _checkpointing(model):
         raise BadInputError("gradient checkpointing re-runs blocks during backward, which the per-forward token "
                             "state does not support; disable it before patching")
-    ctx = _build_context(cfg, info, model)
+    ctx: TokenRateContext = REGISTRY.handler(cfg)(model, cfg, info)
     for i, blk in enumerate(blocks):
         blk.__class__ = _patched_class(block_mixin, type(blk))
         blk._token_rate_ctx = ctx  # type: ignore[assignment]
@@ -198,6 +162,13 @@ def unpatch(model: nn.Module) -> nn.Module:
                 params[name].requires_grad_(True)
     del model._token_rate
     return model
+
+
+def model_info(model: nn.Module) -> ModelInfo:
+    """What the adapter reads from a supported model (dims, prefix tokens, pooling), patched or not."""
+    if is_patched(model):
+        return get_context(model).info
+    return _inspect(model)[0]
 
 
 def model_dims(model: nn.Module) -> ViTDims:

@@ -15,6 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimkit.data import digits
+from slimkit.io import save_json
+from slimkit.train import clear_run
+from token_rate.bench import matched_tome_r
+from token_rate.config import DiffRateConfig, ToMeConfig
+from token_rate.model_flops import gmacs
+from token_rate.models import DIGITS_VIT_DEFAULTS, evaluate, load_model, train_digits_vit
+from token_rate.patch import model_dims, patch
+from token_rate.search import SearchSettings, search, search_train_config
+from token_rate.visualize import visualize
+
 __all__ = ["run"]
 
 
@@ -33,18 +44,10 @@ def run(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train, search, evaluate and draw; returns ``what``, ``figure`` (headline) and ``files``."""
-    from slimkit.data import digits
-    from slimkit.io import save_json
-    from token_rate.bench import matched_tome_r
-    from token_rate.config import DiffRateConfig, ToMeConfig
-    from token_rate.flops import gmacs
-    from token_rate.models import DIGITS_VIT_DEFAULTS, evaluate, load_model, train_digits_vit
-    from token_rate.patch import model_dims, patch
-    from token_rate.search import SearchSettings, search, search_train_config
-    from token_rate.visualize import visualize
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    for run_dir in (output_dir / "model" / "run", output_dir / "search"):
+        clear_run(run_dir)  # the demo owns its folders: each call starts over
     torch.manual_seed(seed)
     size = int(DIGITS_VIT_DEFAULTS["img_size"])
     trained = train_digits_vit(output_dir / "model", steps=train_steps, seed=seed, progress=progress)

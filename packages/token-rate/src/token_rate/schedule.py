@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.errors import BadInputError
+from slimkit.io import config_from_dict, config_to_dict, load_json, save_json
 
 __all__ = ["Schedule", "list_schedules", "load_schedule", "published_dims"]
 
@@ -150,12 +151,8 @@ class Schedule:
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "_type": "Schedule", "_version": 1,
-            "prune": list(self.prune), "merge": list(self.merge),
-            "num_tokens": self.num_tokens, "num_prefix_tokens": self.num_prefix_tokens,
-            "name": self.name, "target_gmacs": self.target_gmacs, "meta": dict(self.meta),
-        }
+        """Tagged plain dict (:func:`slimkit.io.config_to_dict`)."""
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Schedule:
@@ -178,19 +175,21 @@ class Schedule:
             raise BadInputError(f"unknown schedule field(s): {', '.join(unknown)}")
         if "prune" not in d or "merge" not in d:
             raise BadInputError("schedule needs both 'prune' and 'merge' lists")
-        return cls(**d)
+        # slimkit.io names unknown fields and fields of the wrong JSON type in one line.
+        return config_from_dict(cls, d)
 
     def save(self, path: str | Path) -> None:
         """Write as JSON, atomically (slimkit.io)."""
-        from slimkit.io import save_json
-
         save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
-        from slimkit.io import load_json
-
-        return cls.from_dict(load_json(path))
+        """Read a schedule JSON; a problem with its content names the file."""
+        data = load_json(path)
+        try:
+            return cls.from_dict(data)
+        except BadInputError as exc:
+            raise BadInputError(f"{path}: {exc}") from None
 
 
 def _as_int_list(values: Any, what: str) -> list[int]:
@@ -280,7 +279,7 @@ def load_schedule(name_or_path: str | Path | Schedule) -> Schedule:
                         num_prefix_tokens=data["dims"]["num_prefix_tokens"],
                         name=text, target_gmacs=float(target),
                         meta={"model": data["model"], "source": data["source"],
-                              "global_pool": data["global_pool"]})
+                              "global_pool": data["global_pool"], "dims": dict(data["dims"])})
     path = Path(text)
     if not path.exists():
         raise BadInputError(

@@ -22,7 +22,7 @@ import copy
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from slimkit.data import IMAGE_SUFFIXES, image_to_tensor, read_image
 from slimkit.errors import BadInputError
+from slimkit.io import config_to_dict
 from slimkit.train import TrainConfig, train
 from token_rate.config import SearchConfig
 from token_rate.flops import analytic_macs
@@ -101,7 +103,7 @@ class SearchSettings:
             raise BadInputError(f"temperature must be > 0, got {self.temperature}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"_type": type(self).__name__, "_version": 1, **asdict(self)}
+        return config_to_dict(self)
 
 
 def search_train_config(output_dir: str, max_steps: int, **overrides: Any) -> TrainConfig:
@@ -114,8 +116,6 @@ class UnlabelledImages(Dataset[Tensor]):
     """Every image file under a folder (recursively), for label-free searches."""
 
     def __init__(self, root: str | os.PathLike[str], image_size: int, channels: int = 3) -> None:
-        from slimkit.data import IMAGE_SUFFIXES
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise BadInputError(f"image folder not found: {self.root}")
@@ -128,8 +128,6 @@ class UnlabelledImages(Dataset[Tensor]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        from slimkit.data import image_to_tensor, read_image
-
         return image_to_tensor(read_image(self.paths[index]), self.image_size, self.channels)
 
 

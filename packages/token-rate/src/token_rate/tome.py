@@ -14,11 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from token_rate.merge import best_match, merge, merge_source, take_rows
+from token_rate.config import ToMeConfig
+from token_rate.context import ModelInfo, TokenRateContext
+from token_rate.ops import best_match, merge
+from token_rate.reference import merge_source, take_rows
+from token_rate.registry import REGISTRY
 
-__all__ = ["parse_r", "bipartite_merge"]
+__all__ = ["parse_r", "bipartite_merge", "build_tome"]
 
 
 def parse_r(depth: int, r: Any) -> list[int]:
@@ -76,3 +80,9 @@ def bipartite_merge(x: Tensor, metric: Tensor, r: int, num_prefix: int, size: Te
         new_src_b = merge_source(source[:, b_idx], take_rows(source, gone), dst_in_b)
         source = torch.cat([take_rows(source, keep), new_src_b], dim=1)
     return x_out, size_out, source
+
+
+@REGISTRY.register(ToMeConfig)
+def build_tome(model: nn.Module, cfg: ToMeConfig, info: ModelInfo) -> TokenRateContext:
+    """Context for ToMe: ``r`` merges per block (see :func:`parse_r`) by :func:`bipartite_merge`."""
+    return TokenRateContext("tome", cfg, info, r=parse_r(info.dims.depth, cfg.r), token_merge=bipartite_merge)

@@ -14,14 +14,15 @@ import copy
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from slimkit.data import image_to_tensor
 from slimkit.errors import BadInputError
+from slimkit.plot import save_png
 from token_rate.config import DiffRateConfig, ToMeConfig
 from token_rate.models import input_spec
 from token_rate.patch import _inspect, get_context, patch, token_source
@@ -174,13 +175,7 @@ def visualize(
     indices raise :class:`BadInputError`. With one block, ``summary["panels"]`` is keyed by config
     name; with several, by ``"<name> @ block <i>"``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from slimkit.data import image_to_tensor
-    from slimkit.io import atomic_path
+    from matplotlib.figure import Figure  # optional heavy third-party import, only when drawing
 
     if image.ndim != 3 or image.shape[2] != 3:
         raise BadInputError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
@@ -211,7 +206,8 @@ def visualize(
             }
     ncols = min(len(panels), 7)  # wrap "all blocks" figures instead of one very wide row
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.8 * nrows), squeeze=False)
+    fig = Figure(figsize=(3.2 * ncols, 3.8 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.ravel())
     for ax, (label, arr, _) in zip(flat, panels):
         ax.imshow(arr)
@@ -221,9 +217,5 @@ def visualize(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, output, dpi=100)
     return summary
