@@ -199,3 +199,77 @@ def test_accelerate_launch_train(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "r" / "model" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- 0.2: one dispatch style, demo, validate first
+
+
+def test_parser_dispatches_through_func_and_has_demo() -> None:
+    import argparse
+
+    from nm_sparse.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"train", "deploy", "inspect", "bench", "table", "demo"}
+    assert all(callable(p.get_default("func")) for p in sub.choices.values())
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == "nm-sparse 0.2.0"
+
+
+def test_demo_writes_deployed_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "demo", "--steps", "3", "-o", str(tmp_path / "demo"), "--device", "cpu", "--json")
+    assert code == 0 and out is not None and out["pattern_valid"]
+    assert (tmp_path / "demo" / "deployed" / "model.safetensors").is_file()
+    # a re-run reuses its own folder; another command's folder is refused
+    assert _run(capsys, "demo", "--steps", "1", "-o", str(tmp_path / "demo"), "--device", "cpu", "--json")[0] == 0
+    code, _, err = _run(capsys, "train", "--steps", "1", "-o", str(tmp_path / "demo"))
+    assert code == 2 and "nm-sparse demo output" in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--include", "nothing.*"], "matches no Linear/Conv layer"),
+        (["--resume", "latest"], "nothing to resume"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--checkpoint-every", "-2"], "--checkpoint-every"),
+    ],
+)
+def test_failed_train_writes_nothing(
+    extra: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code, _, err = _run(capsys, "train", "--steps", "2", "-o", str(out), *extra)
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_deploy_refuses_a_run_folder_as_output(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(p.name for p in trained_run.iterdir())
+    code, _, err = _run(capsys, "deploy", str(trained_run), "-o", str(trained_run))
+    assert code == 2 and "nm-sparse train output" in err
+    assert sorted(p.name for p in trained_run.iterdir()) == before
+
+
+def test_inspect_plot_must_be_png(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "inspect", str(trained_run), "--plot", str(tmp_path / "heat.svg"))
+    assert code == 2 and ".png" in err and not (tmp_path / "heat.svg").exists()
+
+
+def test_resume_accepts_a_0_1_run_json(trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder written by 0.1 (flat NMConfig in run.json, no output marker) still resumes."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / ".slimkit-output.json").unlink()
+    code, out, err = _run(
+        capsys, "train", "--method", "spre", "--steps", "8", "--batch-size", "16", "--output", str(run),
+        "--resume", "latest", "--device", "cpu", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out is not None and out["steps"] == 8

@@ -23,9 +23,19 @@ import torch.nn.functional as F
 import torch.nn.grad as nn_grad
 from torch import Tensor, nn
 
+from nm_sparse.config import BiMaskConfig, SparsityConfig
 from nm_sparse.layers import NMLayer, apply_layer
-from nm_sparse.masks import backward_mask, from_gemm_matrix, nm_mask, permutation_scores, to_gemm_matrix
+from nm_sparse.masks import (
+    backward_mask,
+    from_gemm_matrix,
+    nm_mask,
+    permutation_scores,
+    to_gemm_matrix,
+    weight_nm_mask,
+)
 from nm_sparse.pattern import NMPattern
+from nm_sparse.registry import REGISTRY
+from nm_sparse.sparsify import SparsifyReport, group_axis_reason, output_channels_reason, wrap_layers
 from slimkit.errors import BadInputError
 
 
@@ -172,8 +182,7 @@ class BiMaskLayer(NMLayer):
         return perm
 
     def forward_mask(self) -> Tensor:
-        mat = to_gemm_matrix(self.dense_weight.detach(), self.layout)
-        return from_gemm_matrix(nm_mask(mat, self.n, self.m), self.dense_weight.shape, self.layout)
+        return weight_nm_mask(self.dense_weight, self.n, self.m, self.layout)
 
     def backward_mask(self) -> Tensor:
         """``M_b`` in the weight's shape (subset of the forward mask)."""
@@ -243,3 +252,29 @@ class BiMaskLayer(NMLayer):
             f"{super().extra_repr()}, decay={self.decay:g}, K={self.candidates}, T={self.interval}, "
             f"scorer={self.scorer}"
         )
+
+
+def _bimask_reason(module: nn.Module, config: SparsityConfig) -> str | None:
+    return group_axis_reason(module, config) or output_channels_reason(module, config)
+
+
+@REGISTRY.register(BiMaskConfig)
+def apply_bimask(model: nn.Module, config: BiMaskConfig) -> SparsifyReport:
+    """Wrap every eligible layer in a :class:`BiMaskLayer`; layer ``i`` seeds its search with ``seed + i``."""
+
+    def build(name: str, module: nn.Module, index: int) -> tuple[NMLayer, str]:
+        layer = BiMaskLayer(
+            module,
+            config.nm,
+            config.layout,
+            config.decay,
+            candidates=config.candidates,
+            interval=config.interval,
+            scorer=config.scorer,
+            keep_current=config.keep_current,
+            refresh=config.refresh,
+            seed=config.seed + index,
+        )
+        return layer, ""
+
+    return wrap_layers(model, config, build, _bimask_reason)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nm_sparse.layers import SUPPORTED_TYPES, NMLayer, module_weight
-from nm_sparse.masks import check_layout, group_axis_size, to_gemm_matrix
+from nm_sparse.layers import SUPPORTED_TYPES, NMLayer, inside_wrapper, module_weight
 from nm_sparse.pattern import NMPattern, parse_pattern
+from nm_sparse.reference import check_layout, group_axis_size, to_gemm_matrix
+from slimkit.report import ReportMixin
 
 #: Attribute :func:`nm_sparse.deploy` sets on the model: {layer name: "n:m/layout"}.
 DEPLOY_RECORD = "nm_sparse_deployed"
@@ -37,18 +37,12 @@ class LayerCheck:
 
 
 @dataclass
-class CheckReport:
+class CheckReport(ReportMixin):
     layers: list[LayerCheck] = field(default_factory=list)
     all_valid: bool = True
     nonzeros: int = 0
     numel: int = 0
     sparsity: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
     def by_name(self) -> dict[str, LayerCheck]:
         return {layer.name: layer for layer in self.layers}
@@ -76,8 +70,12 @@ def check_weight(
     axis = group_axis_size(tuple(weight.shape), layout)
     if axis % m:
         return LayerCheck(
-            valid=False, groups=0, violating_groups=0, max_nonzeros_per_group=0,
-            reason=f"group axis {axis} not divisible by m={m}", **base,  # type: ignore[arg-type]
+            valid=False,
+            groups=0,
+            violating_groups=0,
+            max_nonzeros_per_group=0,
+            reason=f"group axis {axis} not divisible by m={m}",
+            **base,  # type: ignore[arg-type]
         )
     mat = to_gemm_matrix(weight, layout)
     counts = (mat != 0).reshape(mat.shape[0], -1, m).sum(-1)
@@ -118,7 +116,7 @@ def check(
             pat = explicit or module.pattern
             lay = layout or module.layout
             kind, source = f"{module.method}({type(module.base_layer).__name__})", "wrapper"
-        elif isinstance(module, SUPPORTED_TYPES) and not _inside_wrapper(model, name):
+        elif isinstance(module, SUPPORTED_TYPES) and not inside_wrapper(model, name):
             if name in record and explicit is None:
                 spec, _, rec_layout = record[name].partition("/")
                 pat, lay, source = parse_pattern(spec), layout or rec_layout or "cin", "deployed"
@@ -136,8 +134,3 @@ def check(
     report.numel = sum(layer.numel for layer in report.layers)
     report.sparsity = 1.0 - report.nonzeros / max(report.numel, 1)
     return report
-
-
-def _inside_wrapper(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), NMLayer) for i in range(1, len(parts)))

@@ -5,7 +5,7 @@ With groups along the input channels, an N:M conv has the same sparsity ``1 - n/
 at the same overall sparsity, is uneven: some taps (often the centre) stay denser. SpRe's
 extra branch is switched on exactly at the taps that unstructured pruning finds denser
 than average. :func:`position_sparsity` computes both maps per conv layer and
-:func:`save_heatmap` draws them (PNG, matplotlib Agg).
+:func:`save_heatmap` draws them (PNG through :func:`slimkit.plot.save_png`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from nm_sparse.check import DEPLOY_RECORD
-from nm_sparse.layers import NMLayer
-from nm_sparse.masks import unstructured_mask
-from slimkit.io import atomic_path
+from nm_sparse.layers import NMLayer, inside_wrapper
+from nm_sparse.reference import unstructured_mask
+from slimkit.plot import save_png
 
 MAX_PANELS = 12
 
@@ -46,21 +46,13 @@ def _conv_weights(model: nn.Module) -> list[tuple[str, Tensor, Tensor, Tensor | 
                 spatial = getattr(module, "current_spatial_mask", None)
                 found.append((name, module.effective_weight(), weight.detach(), spatial))
             continue
-        if any(isinstance(parent, NMLayer) for parent in _ancestors(model, name)):
+        if inside_wrapper(model, name):
             continue
         plain = getattr(module, "weight", None)
         listed = name in record or not (record or has_wrappers)
         if listed and isinstance(module, nn.Conv2d) and isinstance(plain, Tensor) and plain[0, 0].numel() > 1:
             found.append((name, plain.detach(), plain.detach(), None))
     return found
-
-
-def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
-    parts = name.split(".")
-    out = []
-    for i in range(1, len(parts)):
-        out.append(model.get_submodule(".".join(parts[:i])))
-    return out
 
 
 @torch.no_grad()
@@ -89,14 +81,12 @@ def position_sparsity(model: nn.Module, n: int, m: int) -> list[dict[str, Any]]:
 
 def save_heatmap(rows: list[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> Path:
     """Two rows of heatmaps (weights in use, unstructured at equal sparsity), one column per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     shown = rows[:MAX_PANELS]
     cols = max(1, len(shown))
-    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols + 1.2, 4.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols + 1.2, 4.6))
+    axes = fig.subplots(2, cols, squeeze=False)
     image = None
     for c, row in enumerate(shown):
         for r, key in enumerate(("nm", "unstructured")):
@@ -104,7 +94,15 @@ def save_heatmap(rows: list[dict[str, Any]], path: str | os.PathLike[str], title
             data = torch.tensor(row[key])
             image = ax.imshow(data.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
             for (i, j), value in _cells(data):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value < 0.6 else "black",
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -120,11 +118,7 @@ def save_heatmap(rows: list[dict[str, Any]], path: str | os.PathLike[str], title
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="sparsity at kernel position")
     fig.suptitle(title or "sparsity per kernel position", fontsize=9)
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return target
+    return save_png(fig, path, dpi=110)
 
 
 def _cells(data: Tensor) -> list[tuple[tuple[int, int], float]]:

@@ -1,17 +1,21 @@
-"""N:M kernels: mask selection, Bi-Mask permutation scoring and a compressed N:M matmul.
+"""Triton kernels (only): N:M mask selection, Bi-Mask permutation scoring, compressed N:M matmul.
 
-Each op is a ``torch.library.custom_op`` whose default (CPU) body is a pure-PyTorch
-reference and whose CUDA body is a Triton kernel (slimkit.kernels' dispatch pattern).
-The Triton launchers (``*_triton``) are public so the tests can run them on CPU tensors
-under ``TRITON_INTERPRET=1`` and compare them against the references.
+Each kernel is built lazily on first use and cached (:func:`slimkit.kernels.lazy_kernel`), so
+importing this module needs no Triton and compiles nothing. The launchers (``*_triton``) run on
+CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests compare them with
+:mod:`nm_sparse.reference`). The custom ops and the public dispatching functions
+(``nm_mask``, ``permutation_scores``, ``nm_matmul``) are in :mod:`nm_sparse.ops`.
 
-The references live in :mod:`nm_sparse.masks` (one source of truth); conventions:
+Conventions (shared with the references):
 
 * groups are ``m`` consecutive entries along the **last** dimension of a 2-D tensor;
-* a mask keeps the ``n`` entries of largest ``|w|`` per group; ties go to the lower index
-  (a stable descending sort), so the CPU and Triton paths agree bit for bit;
+* a mask keeps the ``n`` entries of largest ``|w|`` per group; ties go to the lower index,
+  so the CPU and Triton paths agree bit for bit;
 * ``m`` may be any integer in ``[1, 32]`` (not only powers of two): the kernels pad each
   group to the next power of two and mask the padding lanes out.
+
+The built kernels are reachable as ``_nm_mask_kernel()``, ``_perm_scores_kernel()`` and
+``_nm_matmul_kernel()`` (ahead-of-time compile tests use them).
 """
 
 from __future__ import annotations
@@ -21,99 +25,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from nm_sparse.masks import SCORERS, nm_mask_reference, permutation_scores_reference
-from nm_sparse.pattern import MAX_M, validate_nm
-from slimkit.errors import BadInputError
-from slimkit.kernels import autotune_configs, require_triton, use_triton
+from nm_sparse.reference import (  # noqa: F401  (compress/decompress/references: 0.1 names, kept importable here)
+    MAX_M,
+    SCORERS,
+    compress,
+    decompress,
+    nm_mask_reference,
+    nm_matmul_reference,
+    permutation_scores_reference,
+)
+from slimkit.kernels import autotune_configs, lazy_kernel, require_triton
 
-try:  # Triton is optional: without it every op runs its PyTorch reference.
-    import triton
-    import triton.language as tl
-
-    _HAS_TRITON = True
-except ImportError:  # pragma: no cover - exercised only on Triton-less installs
-    _HAS_TRITON = False
-
-__all__ = [
-    "MAX_M",
-    "SCORERS",
-    "compress",
-    "decompress",
-    "nm_mask",
-    "nm_mask_reference",
-    "nm_mask_triton",
-    "nm_matmul",
-    "nm_matmul_reference",
-    "nm_matmul_triton",
-    "permutation_scores",
-    "permutation_scores_reference",
-    "permutation_scores_triton",
-]
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _check_pattern(n: int, m: int) -> None:
-    validate_nm(n, m)
-
-
-def _check_2d(w: Tensor, m: int, what: str = "weight") -> None:
-    if w.dim() != 2:
-        raise BadInputError(f"{what} must be 2-D, got shape {tuple(w.shape)}")
-    if w.shape[1] % m != 0:
-        raise BadInputError(f"{what} last dim {w.shape[1]} is not divisible by M={m}")
-    if not w.is_floating_point():
-        raise BadInputError(f"{what} must be floating point, got {w.dtype}")
+__all__ = ["nm_mask_triton", "nm_matmul_triton", "permutation_scores_triton"]
 
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-# --------------------------------------------------------------------------- references
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
-def compress(w2d: Tensor, n: int, m: int) -> tuple[Tensor, Tensor]:
-    """Compressed N:M storage: ``values`` [R, K*n/m] and within-group ``indices`` (uint8).
-
-    Keeps the top-``n`` |w| of each group (so an already N:M-sparse weight is stored exactly;
-    a denser one is pruned first). Indices are ascending inside each group.
-    """
-    _check_pattern(n, m)
-    _check_2d(w2d, m)
-    rows, cols = w2d.shape
-    groups = cols // m
-    keep = nm_mask(w2d, n, m).reshape(rows, groups, m)
-    # positions of the kept entries, ascending: sort the boolean mask (kept first, stable)
-    pos = torch.sort(keep.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :n]
-    pos = torch.sort(pos, dim=-1).values
-    values = torch.gather(w2d.reshape(rows, groups, m), -1, pos)
-    return values.reshape(rows, groups * n).contiguous(), pos.to(torch.uint8).reshape(rows, groups * n).contiguous()
-
-
-def decompress(values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    """Dense [R, K] weight from :func:`compress` output (zeros at the pruned positions)."""
-    _check_pattern(n, m)
-    if values.shape != indices.shape or values.dim() != 2 or values.shape[1] % n != 0:
-        raise BadInputError(
-            f"values {tuple(values.shape)} / indices {tuple(indices.shape)} are not an {n}:{m} compressed pair"
-        )
-    rows, kept = values.shape
-    groups = kept // n
-    dense = torch.zeros(rows, groups, m, dtype=values.dtype, device=values.device)
-    dense.scatter_(-1, indices.reshape(rows, groups, n).long(), values.reshape(rows, groups, n))
-    return dense.reshape(rows, groups * m)
-
-
-def nm_matmul_reference(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    """``x @ W.T`` for the compressed weight ``W`` (decompress, then a dense matmul)."""
-    return x @ decompress(values, indices, n, m).to(x.dtype).t()
-
-
-# --------------------------------------------------------------------------- Triton kernels
-
-if _HAS_TRITON:
+def _build_nm_mask_kernel() -> Any:
+    """Build the top-n per group by pairwise ranking kernel (called once, on first use)."""
+    import triton
+    import triton.language as tl
 
     @triton.autotune(
         configs=autotune_configs(
@@ -126,7 +63,7 @@ if _HAS_TRITON:
         key=["M_PAD"],
     )
     @triton.jit
-    def _nm_mask_kernel(
+    def kernel(
         w_ptr,
         out_ptr,
         num_groups,
@@ -151,6 +88,14 @@ if _HAS_TRITON:
         keep = (rank < N) & valid
         tl.store(out_ptr + offs, keep.to(tl.int8), mask=valid)
 
+    return kernel
+
+
+def _build_perm_scores_kernel() -> Any:
+    """Build the Bi-Mask permutation scores, all candidates in one launch kernel (called once, on first use)."""
+    import triton
+    import triton.language as tl
+
     @triton.autotune(
         configs=autotune_configs(
             [
@@ -162,7 +107,7 @@ if _HAS_TRITON:
         key=["M_PAD", "SCORER"],
     )
     @triton.jit
-    def _perm_scores_kernel(
+    def kernel(
         a_ptr,
         perm_ptr,
         part_ptr,
@@ -208,6 +153,14 @@ if _HAS_TRITON:
         # per-column partial scores: every config overwrites every entry, so autotuning is safe
         tl.store(part_ptr + k * in_cols + cols, acc, mask=col_ok)
 
+    return kernel
+
+
+def _build_nm_matmul_kernel() -> Any:
+    """Build the x @ W^T from the compressed (values, indices) format kernel (called once, on first use)."""
+    import triton
+    import triton.language as tl
+
     @triton.autotune(
         configs=autotune_configs(
             [
@@ -220,7 +173,7 @@ if _HAS_TRITON:
         key=["B", "R", "G", "N", "M_PAD"],
     )
     @triton.jit
-    def _nm_matmul_kernel(
+    def kernel(
         x_ptr,
         v_ptr,
         idx_ptr,
@@ -269,6 +222,13 @@ if _HAS_TRITON:
         y_ok = (rb[:, None] < B) & (rr[None, :] < R)
         tl.store(y_ptr + rb[:, None] * stride_yb + rr[None, :], acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
+    return kernel
+
+
+_nm_mask_kernel = lazy_kernel(_build_nm_mask_kernel)
+_perm_scores_kernel = lazy_kernel(_build_perm_scores_kernel)
+_nm_matmul_kernel = lazy_kernel(_build_nm_matmul_kernel)
+
 
 def nm_mask_triton(w2d: Tensor, n: int, m: int) -> Tensor:
     """Triton launcher for :func:`nm_mask` (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
@@ -279,9 +239,9 @@ def nm_mask_triton(w2d: Tensor, n: int, m: int) -> Tensor:
     if num_groups:
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
-            return (triton.cdiv(num_groups, meta["BLOCK_G"]),)
+            return (_cdiv(num_groups, meta["BLOCK_G"]),)
 
-        _nm_mask_kernel[grid](w, out, num_groups, N=n, M=m, M_PAD=_next_pow2(m))
+        _nm_mask_kernel()[grid](w, out, num_groups, N=n, M=m, M_PAD=_next_pow2(m))
     return out.view(torch.bool)
 
 
@@ -296,9 +256,9 @@ def permutation_scores_triton(w_abs_masked: Tensor, perms: Tensor, n: int, m: in
     if num_k and in_cols:
 
         def grid(meta: dict[str, Any]) -> tuple[int, int]:
-            return (num_k, triton.cdiv(in_cols, meta["BLOCK_I"]))
+            return (num_k, _cdiv(in_cols, meta["BLOCK_I"]))
 
-        _perm_scores_kernel[grid](
+        _perm_scores_kernel()[grid](
             a, p, part, out_rows, in_cols, N=n, M=m, M_PAD=_next_pow2(m), SCORER=SCORERS.index(scorer)
         )
     return part.sum(dim=1)
@@ -317,127 +277,10 @@ def nm_matmul_triton(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int)
     if batch and rows:
 
         def grid(meta: dict[str, Any]) -> tuple[int, int]:
-            return (triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(rows, meta["BLOCK_R"]))
+            return (_cdiv(batch, meta["BLOCK_B"]), _cdiv(rows, meta["BLOCK_R"]))
 
-        _nm_matmul_kernel[grid](
+        _nm_matmul_kernel()[grid](
             xc, v, ix, y, batch, rows, groups, xc.stride(0), y.stride(0),
             N=n, M=m, M_PAD=_next_pow2(m), IEEE=x.dtype == torch.float32,
         )  # fmt: skip
     return y
-
-
-# --------------------------------------------------------------------------- custom ops
-
-
-@torch.library.custom_op("nm_sparse::nm_mask", mutates_args=())
-def _nm_mask_op(w2d: Tensor, n: int, m: int) -> Tensor:
-    return nm_mask_reference(w2d, n, m)
-
-
-@_nm_mask_op.register_kernel("cuda")
-def _nm_mask_cuda(w2d: Tensor, n: int, m: int) -> Tensor:
-    if use_triton(w2d) and _HAS_TRITON:
-        return nm_mask_triton(w2d, n, m)
-    return nm_mask_reference(w2d, n, m)
-
-
-@_nm_mask_op.register_fake
-def _nm_mask_fake(w2d: Tensor, n: int, m: int) -> Tensor:
-    return torch.empty(w2d.shape, dtype=torch.bool, device=w2d.device)
-
-
-@torch.library.custom_op("nm_sparse::permutation_scores", mutates_args=())
-def _perm_scores_op(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str) -> Tensor:
-    return permutation_scores_reference(w_abs_masked, perms, n, m, scorer)
-
-
-@_perm_scores_op.register_kernel("cuda")
-def _perm_scores_cuda(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str) -> Tensor:
-    if use_triton(w_abs_masked, perms) and _HAS_TRITON:
-        return permutation_scores_triton(w_abs_masked, perms, n, m, scorer)
-    return permutation_scores_reference(w_abs_masked, perms, n, m, scorer)
-
-
-@_perm_scores_op.register_fake
-def _perm_scores_fake(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str) -> Tensor:
-    return torch.empty(perms.shape[0], dtype=torch.float32, device=w_abs_masked.device)
-
-
-@torch.library.custom_op("nm_sparse::nm_matmul", mutates_args=())
-def _nm_matmul_op(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    return nm_matmul_reference(x, values, indices, n, m)
-
-
-@_nm_matmul_op.register_kernel("cuda")
-def _nm_matmul_cuda(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    if use_triton(x, values, indices) and _HAS_TRITON and m >= 2:
-        return nm_matmul_triton(x, values, indices, n, m)
-    return nm_matmul_reference(x, values, indices, n, m)
-
-
-@_nm_matmul_op.register_fake
-def _nm_matmul_fake(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    return x.new_empty(x.shape[0], values.shape[0])
-
-
-def _nm_matmul_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-    x, values, indices, n, m = inputs
-    ctx.save_for_backward(x, values, indices)
-    ctx.n, ctx.m = n, m
-
-
-def _nm_matmul_backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
-    # dx = dy W ; dvalues = (dy^T x) gathered at the stored positions (the pattern is fixed).
-    x, values, indices = ctx.saved_tensors
-    n, m = ctx.n, ctx.m
-    grad_x = grad_v = None
-    if ctx.needs_input_grad[0]:
-        grad_x = grad @ decompress(values, indices, n, m).to(grad.dtype)
-    if ctx.needs_input_grad[1]:
-        rows, kept = values.shape
-        dw = (grad.t() @ x).reshape(rows, kept // n, m)
-        grad_v = torch.gather(dw, -1, indices.reshape(rows, kept // n, n).long()).reshape(rows, kept)
-        grad_v = grad_v.to(values.dtype)
-    return grad_x, grad_v, None, None, None
-
-
-_nm_matmul_op.register_autograd(_nm_matmul_backward, setup_context=_nm_matmul_setup)
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def nm_mask(w2d: Tensor, n: int, m: int) -> Tensor:
-    """Boolean N:M mask of a 2-D weight: top-``n`` |w| of each ``m`` consecutive entries per row."""
-    _check_pattern(n, m)
-    _check_2d(w2d, m)
-    return torch.ops.nm_sparse.nm_mask(w2d.detach(), n, m)
-
-
-def permutation_scores(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str = "kept") -> Tensor:
-    """Scores ([K], float32) of ``K`` candidate row permutations for Bi-Mask's backward mask."""
-    _check_pattern(n, m)
-    if scorer not in SCORERS:
-        raise BadInputError(f"unknown permutation scorer {scorer!r}; choose from {', '.join(SCORERS)}")
-    if w_abs_masked.dim() != 2:
-        raise BadInputError(f"weights must be 2-D, got shape {tuple(w_abs_masked.shape)}")
-    if w_abs_masked.shape[0] % m != 0:
-        raise BadInputError(f"output channels {w_abs_masked.shape[0]} are not divisible by M={m}")
-    if perms.dim() != 2 or perms.shape[1] != w_abs_masked.shape[0]:
-        raise BadInputError(f"perms must be [K, {w_abs_masked.shape[0]}], got {tuple(perms.shape)}")
-    return torch.ops.nm_sparse.permutation_scores(w_abs_masked.detach(), perms.to(torch.int64), n, m, scorer)
-
-
-def nm_matmul(x: Tensor, values: Tensor, indices: Tensor, n: int, m: int) -> Tensor:
-    """``x @ W.T`` where ``W`` is stored compressed (:func:`compress`); any N:M with M <= 32.
-
-    Differentiable in ``x`` and ``values`` (the pattern in ``indices`` is fixed).
-    """
-    _check_pattern(n, m)
-    if x.dim() != 2:
-        raise BadInputError(f"x must be 2-D [B, K], got shape {tuple(x.shape)}")
-    if values.dim() != 2 or values.shape != indices.shape or values.shape[1] % n != 0:
-        raise BadInputError(f"values/indices must be matching [R, K*{n}/{m}] tensors")
-    if x.shape[1] != values.shape[1] // n * m:
-        raise BadInputError(f"x has {x.shape[1]} features but the weight has {values.shape[1] // n * m}")
-    return torch.ops.nm_sparse.nm_matmul(x, values, indices, n, m)

@@ -1,6 +1,6 @@
 """Common base of the N:M wrappers: the original module stays reachable as ``base_layer``.
 
-A wrapper owns no copy of the weights: ``wrapper.base_layer.weight`` is the dense latent
+The base class is :class:`slimkit.wrappers.WrapperModule`. A wrapper owns no copy of the weights: ``wrapper.base_layer.weight`` is the dense latent
 weight the optimizer updates, and attributes the wrapper does not define (``weight``,
 ``in_features``, ``stride``, ...) are read from the base layer, PEFT-style, so model code
 that inspects ``self.proj.weight`` keeps working.
@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nm_sparse.masks import to_gemm_matrix
 from nm_sparse.pattern import NMPattern
+from nm_sparse.reference import to_gemm_matrix
+from slimkit.wrappers import WrapperModule
 
 
 def module_weight(module: nn.Module) -> Tensor:
@@ -30,27 +31,18 @@ def module_weight(module: nn.Module) -> Tensor:
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-class NMLayer(nn.Module):
-    """Base wrapper: subclasses define :meth:`forward_mask` and :meth:`forward`."""
+class NMLayer(WrapperModule):
+    """Base wrapper (:class:`slimkit.wrappers.WrapperModule`): subclasses define :meth:`forward_mask` and :meth:`forward`."""
 
     method: ClassVar[str] = "base"
 
     def __init__(self, base_layer: nn.Module, pattern: NMPattern, layout: str = "cin") -> None:
-        super().__init__()
         if not isinstance(base_layer, SUPPORTED_TYPES):
             raise TypeError(f"{type(self).__name__} wraps Linear/Conv1d/Conv2d, got {type(base_layer).__name__}")
-        self.base_layer = base_layer
+        super().__init__(base_layer)
         self.n = pattern.n
         self.m = pattern.m
         self.layout = layout
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_layer":
-                raise
-            return getattr(self.base_layer, name)
 
     @property
     def pattern(self) -> NMPattern:
@@ -80,6 +72,14 @@ class NMLayer(nn.Module):
         bias = self.dense_bias
         return None if bias is None else bias.detach().clone()
 
+    def displaced(self) -> dict[str, nn.Module]:
+        """Other modules of the model this wrapper absorbed, by qualified name (SpRe: its BatchNorm).
+
+        :func:`nm_sparse.sparsify` puts ``nn.Identity`` in their place; :func:`nm_sparse.unsparsify`
+        puts them back.
+        """
+        return {}
+
     def on_step(self) -> None:
         """Called once per optimizer step (by the callback); most methods need nothing."""
 
@@ -104,6 +104,12 @@ class NMLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, pattern={self.n}:{self.m}, layout={self.layout}"
+
+
+def inside_wrapper(model: nn.Module, name: str) -> bool:
+    """Whether the module at ``name`` lives inside an N:M wrapper (e.g. a wrapper's ``base_layer``)."""
+    parts = name.split(".")
+    return any(isinstance(model.get_submodule(".".join(parts[:i])), NMLayer) for i in range(1, len(parts)))
 
 
 def apply_layer(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

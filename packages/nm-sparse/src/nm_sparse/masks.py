@@ -1,176 +1,65 @@
-"""Reference (pure PyTorch) mask functions and weight-layout helpers.
+"""Mask logic above the references and the ops: weight-shaped N:M masks and Bi-Mask's backward mask.
 
-Everything works on a 2-D "GEMM view" ``[rows, K]`` of a weight, with groups of ``m``
-consecutive entries along the last dimension (the reduction dimension of the forward GEMM).
-:func:`to_gemm_matrix` builds that view for Linear and Conv weights:
+:func:`weight_nm_mask` turns a Linear/Conv weight into its GEMM view (``layout``), takes the
+N:M mask with the dispatching :func:`nm_sparse.ops.nm_mask` and folds it back to the weight's
+shape; every wrapper that needs "the N:M mask of this weight" calls it. :func:`backward_mask`
+is Bi-Mask's column-wise mask in permuted row order, on the same dispatcher.
 
-* ``layout="cin"`` (default, deployable; NVIDIA ASP, SR-STE ``Sparse_NHWC``, SpRe): a conv weight
-  ``[O, I, kh, kw]`` becomes ``[O, kh*kw*I]`` with ``I`` innermost, so every group lies along
-  the input channels at one output channel and kernel position;
-* ``layout="flat"`` (original SR-STE ``Sparse`` and Bi-Mask ``NMConv``): the row-major flatten
-  ``[O, I*kh*kw]``; for 3x3 kernels groups run along the taps and may cross channels.
-
-Tie-break everywhere: among equal ``|w|`` the lower index wins (a stable descending sort).
-The Triton kernels in :mod:`nm_sparse.kernels` follow the same rule, so both paths agree
-bit for bit; :func:`nm_mask` and :func:`permutation_scores` dispatch to them when available.
+The pure-PyTorch references (:mod:`nm_sparse.reference`) and the dispatchers
+(:mod:`nm_sparse.ops`) are re-exported here under their 0.1 names.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import math
-from types import ModuleType
-from typing import Literal
-
-import torch
 from torch import Tensor
 
+from nm_sparse.ops import nm_mask, permutation_scores
+from nm_sparse.reference import (
+    LAYOUTS,
+    SCORERS,
+    Layout,
+    backward_mask_from,
+    backward_mask_reference,
+    check_layout,
+    from_gemm_matrix,
+    group_axis_size,
+    nm_mask_reference,
+    permutation_scores_reference,
+    spatial_mask_reference,
+    to_gemm_matrix,
+    transposable_mask_reference,
+    transposable_patterns,
+    unstructured_mask,
+)
 from slimkit.errors import BadInputError
 
-Layout = Literal["cin", "flat"]
-LAYOUTS: tuple[str, ...] = ("cin", "flat")
-SCORERS: tuple[str, ...] = ("kept", "eligible", "magnitude")
-
-
-# --------------------------------------------------------------------------- layouts
-
-
-def check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise BadInputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-
-
-def to_gemm_matrix(weight: Tensor, layout: str = "cin") -> Tensor:
-    """``[O, K]`` view of a Linear ``[O, I]`` or Conv ``[O, I, *k]`` weight (groups along K)."""
-    check_layout(layout)
-    if weight.dim() <= 2:
-        return weight.reshape(weight.shape[0], -1)
-    if layout == "cin":
-        return weight.movedim(1, -1).reshape(weight.shape[0], -1)
-    return weight.reshape(weight.shape[0], -1)
-
-
-def from_gemm_matrix(mat: Tensor, shape: torch.Size | tuple[int, ...], layout: str = "cin") -> Tensor:
-    """Inverse of :func:`to_gemm_matrix`: back to the weight's own ``shape``."""
-    check_layout(layout)
-    shape = tuple(shape)
-    if len(shape) <= 2 or layout == "flat":
-        return mat.reshape(shape)
-    moved = (shape[0], *shape[2:], shape[1])
-    return mat.reshape(moved).movedim(-1, 1)
-
-
-def group_axis_size(shape: torch.Size | tuple[int, ...], layout: str = "cin") -> int:
-    """Length of the axis the groups must tile without crossing boundaries.
-
-    ``cin`` groups must not cross kernel positions, so the input-channel count must divide by
-    ``m``; ``flat`` only needs the whole reduction size ``I*kh*kw`` to divide by ``m``.
-    """
-    check_layout(layout)
-    if len(shape) <= 2 or layout == "cin":
-        return int(shape[1])
-    return int(math.prod(shape[1:]))
-
-
-# --------------------------------------------------------------------------- N:M masks
-
-
-def _group_ranks(a: Tensor) -> Tensor:
-    """Rank of each entry inside its group (last dim); 0 = largest, ties to the lower index."""
-    order = torch.sort(a, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    positions = torch.arange(a.shape[-1], device=a.device).expand_as(order)
-    ranks.scatter_(-1, order, positions)
-    return ranks
-
-
-def nm_mask_reference(w2d: Tensor, n: int, m: int) -> Tensor:
-    """Boolean mask keeping the ``n`` largest ``|w|`` in each ``m`` consecutive entries of a row."""
-    if w2d.dim() != 2 or w2d.shape[1] % m != 0:
-        raise BadInputError(f"need a 2-D tensor whose last dim divides by m={m}, got {tuple(w2d.shape)}")
-    rows, cols = w2d.shape
-    a = w2d.detach().abs().float().reshape(rows, cols // m, m)
-    return _top_n_in_groups(a, n).reshape(rows, cols)
-
-
-def _top_n_in_groups(a: Tensor, n: int) -> Tensor:
-    """Top-``n`` of each group (last dim) of non-negative floats, ties to the lower index.
-
-    The float's bit pattern orders like the value for non-negative floats, so packing
-    ``bits << 5 | (31 - index)`` gives unique int64 keys: one ``topk`` is then exact and
-    deterministic, and about 1.5x faster than a stable sort per group.
-    """
-    m = a.shape[-1]
-    bits = a.contiguous().view(torch.int32).to(torch.int64)
-    key = (bits << 5) | (31 - torch.arange(m, dtype=torch.int64, device=a.device))
-    keep = torch.zeros(a.shape, dtype=torch.bool, device=a.device)
-    return keep.scatter_(-1, key.topk(n, dim=-1, sorted=False).indices, True)
-
-
-@functools.cache
-def _kernels() -> ModuleType | None:
-    """Helper D's Triton module, or None when it cannot be imported (then references are used)."""
-    try:
-        from nm_sparse import kernels
-    except ImportError:
-        return None
-    if not hasattr(kernels, "nm_mask") or not hasattr(kernels, "permutation_scores"):
-        return None
-    return kernels
-
-
-def nm_mask(w2d: Tensor, n: int, m: int) -> Tensor:
-    """N:M mask of a 2-D tensor: the Triton custom op on CUDA, the reference on CPU."""
-    kernels = _kernels()
-    w = w2d.detach()
-    if kernels is not None and w.is_floating_point():
-        return kernels.nm_mask(w.contiguous(), n, m).bool()
-    return nm_mask_reference(w, n, m)
+__all__ = [
+    "LAYOUTS",
+    "SCORERS",
+    "BadInputError",
+    "Layout",
+    "backward_mask",
+    "backward_mask_reference",
+    "check_layout",
+    "from_gemm_matrix",
+    "group_axis_size",
+    "nm_mask",
+    "nm_mask_reference",
+    "permutation_scores",
+    "permutation_scores_reference",
+    "spatial_mask_reference",
+    "to_gemm_matrix",
+    "transposable_mask_reference",
+    "transposable_patterns",
+    "unstructured_mask",
+    "weight_nm_mask",
+]
 
 
 def weight_nm_mask(weight: Tensor, n: int, m: int, layout: str = "cin") -> Tensor:
     """N:M mask with the weight's own shape, groups formed according to ``layout``."""
     mat = to_gemm_matrix(weight.detach(), layout)
     return from_gemm_matrix(nm_mask(mat, n, m), weight.shape, layout)
-
-
-def unstructured_mask(weight: Tensor, density: float) -> Tensor:
-    """Layer-wise magnitude mask keeping ``round(density * numel)`` largest ``|w|`` (ties: lower index)."""
-    flat = weight.detach().abs().float().reshape(-1)
-    total = flat.numel()
-    keep = round(density * total)
-    if keep <= 0:
-        return torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
-    if keep >= total:
-        return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
-    # threshold = keep-th largest value (kthvalue avoids a full sort); ties at the threshold
-    # are filled in index order so the result equals a stable descending sort's first `keep`
-    threshold = flat.kthvalue(total - keep + 1).values
-    above = flat > threshold
-    tied = flat == threshold
-    room = keep - int(above.sum())
-    mask = above | (tied & (torch.cumsum(tied, 0) <= room))
-    return mask.reshape(weight.shape)
-
-
-# --------------------------------------------------------------------------- SpRe spatial mask
-
-
-def spatial_mask_reference(weight: Tensor, n: int, m: int) -> Tensor:
-    """SpRe's k x k mask S: kernel positions that unstructured pruning finds denser than average.
-
-    ``U`` = layer-wise magnitude mask of the dense ``weight`` at sparsity ``p = 1 - n/m``;
-    ``s(h, w)`` = fraction of ``U`` pruned at position ``(h, w)`` over all (out, in) pairs;
-    ``S(h, w) = s(h, w) < p``. Returned as a float tensor of shape ``weight.shape[2:]``.
-    """
-    p = 1.0 - n / m
-    kept = unstructured_mask(weight, n / m).float()
-    pos_sparsity = 1.0 - kept.mean(dim=(0, 1))
-    return (pos_sparsity < p).to(weight.dtype)
-
-
-# --------------------------------------------------------------------------- Bi-Mask
 
 
 def backward_mask(w2d: Tensor, forward_mask: Tensor, perm: Tensor, n: int, m: int) -> Tensor:
@@ -180,88 +69,7 @@ def backward_mask(w2d: Tensor, forward_mask: Tensor, perm: Tensor, n: int, m: in
     consecutive permuted rows is kept in each column, the result is intersected with the
     (permuted) forward mask and scattered back to the original row order. Hence
     ``backward ⊆ forward`` and every column holds at most ``n`` per ``m`` permuted rows.
+    Same as :func:`nm_sparse.reference.backward_mask_reference`, with the column mask on the
+    dispatching :func:`nm_sparse.ops.nm_mask` (Triton on CUDA).
     """
-    rows = w2d.shape[0]
-    if rows % m != 0:
-        raise BadInputError(f"Bi-Mask needs output channels divisible by m={m}, got {rows}")
-    masked = w2d.detach().abs() * forward_mask
-    fwd_p = forward_mask[perm]
-    col_mask = nm_mask(masked[perm].t().contiguous(), n, m).t()
-    keep_p = col_mask & fwd_p
-    out = torch.empty_like(keep_p)
-    out[perm] = keep_p
-    return out
-
-
-def permutation_scores_reference(
-    w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str = "kept"
-) -> Tensor:
-    """Score candidate row orders for Bi-Mask (float32 ``[K]``, higher is better).
-
-    ``w_abs_masked`` = ``|W ⊙ M_f|`` (``[O, I]``), ``perms`` = ``[K, O]`` int64 row orders.
-    Per candidate the rows are permuted and cut into groups of ``m`` down each column; the
-    backward mask keeps the top-``n`` of each group among the forward-kept (non-zero) entries.
-
-    * ``kept`` (official code): forward-kept weights surviving the backward mask;
-    * ``eligible`` (paper abstract): (group, column) blocks already N:M, i.e. losing nothing;
-    * ``magnitude``: sum of ``|w|`` surviving the backward mask.
-    """
-    if scorer not in SCORERS:
-        raise BadInputError(f"scorer must be one of {SCORERS}, got {scorer!r}")
-    rows, cols = w_abs_masked.shape
-    if rows % m != 0:
-        raise BadInputError(f"permutation scoring needs rows divisible by m={m}, got {rows}")
-    a = w_abs_masked.detach().float()
-    scores = torch.empty(perms.shape[0], dtype=torch.float32, device=a.device)
-    for k in range(perms.shape[0]):
-        blocks = a[perms[k]].reshape(rows // m, m, cols).transpose(1, 2)  # [O/m, I, m]
-        if scorer == "magnitude":
-            # the top-n of a group holds min(n, nnz) non-zeros: their sum is what survives
-            scores[k] = blocks.topk(min(n, m), dim=-1).values.sum()
-            continue
-        nonzero = (blocks > 0).sum(-1)
-        if scorer == "eligible":
-            scores[k] = (nonzero <= n).sum()
-        else:  # top-n of a group keeps min(n, nnz) forward-kept weights
-            scores[k] = nonzero.clamp(max=n).sum()
-    return scores
-
-
-def permutation_scores(w_abs_masked: Tensor, perms: Tensor, n: int, m: int, scorer: str = "kept") -> Tensor:
-    """Dispatching version of :func:`permutation_scores_reference` (Triton on CUDA)."""
-    kernels = _kernels()
-    if kernels is not None and scorer in getattr(kernels, "SCORERS", SCORERS):
-        return kernels.permutation_scores(w_abs_masked.detach().contiguous(), perms.contiguous(), n, m, scorer)
-    return permutation_scores_reference(w_abs_masked, perms, n, m, scorer)
-
-
-# --------------------------------------------------------------------------- transposable masks
-
-
-@functools.cache
-def transposable_patterns(n: int, m: int) -> Tensor:
-    """All ``m x m`` 0/1 blocks with exactly ``n`` ones in every row and every column."""
-    if m > 4:
-        raise BadInputError(f"transposable masks are enumerated exhaustively and need m <= 4, got {n}:{m}")
-    rows = [r for r in itertools.product((0, 1), repeat=m) if sum(r) == n]
-    blocks = [b for b in itertools.product(rows, repeat=m) if all(sum(col) == n for col in zip(*b))]
-    return torch.tensor(blocks, dtype=torch.float32).reshape(len(blocks), m * m)
-
-
-def transposable_mask_reference(w2d: Tensor, n: int, m: int, chunk: int = 65536) -> Tensor:
-    """Best transposable N:M mask of a ``[O, K]`` matrix, one ``m x m`` block at a time.
-
-    Each block takes the valid pattern (``n`` per row and per column) that keeps the largest
-    ``|w|`` sum (exhaustive; ties to the first pattern in enumeration order). The mask is N:M
-    along rows and along columns, so ``W`` and ``W^T`` both follow the pattern.
-    """
-    rows, cols = w2d.shape
-    if rows % m or cols % m:
-        raise BadInputError(f"transposable {n}:{m} needs both dims divisible by {m}, got {tuple(w2d.shape)}")
-    patterns = transposable_patterns(n, m).to(w2d.device)
-    blocks = w2d.detach().abs().float().reshape(rows // m, m, cols // m, m).transpose(1, 2).reshape(-1, m * m)
-    best = torch.empty(blocks.shape[0], dtype=torch.long, device=w2d.device)
-    for start in range(0, blocks.shape[0], chunk):
-        best[start : start + chunk] = (blocks[start : start + chunk] @ patterns.t()).argmax(dim=1)
-    chosen = patterns[best].bool().reshape(rows // m, cols // m, m, m).transpose(1, 2)
-    return chosen.reshape(rows, cols)
+    return backward_mask_from(w2d, forward_mask, perm, n, m, nm_mask)

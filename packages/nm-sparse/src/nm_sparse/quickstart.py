@@ -1,16 +1,26 @@
 """The demo: SR-STE 2:4 on digits, deploy, check the pattern, save, draw the heatmap.
 
-``python -m nm_sparse.quickstart [OUTPUT_DIR]`` or ``nm_sparse.quickstart.run(Path(...))``.
+``nm-sparse demo``, ``python -m nm_sparse.quickstart [OUTPUT_DIR]`` or ``nm_sparse.quickstart.run(Path(...))``.
 About 10-30 s on two CPU cores.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nm_sparse.check import check
+from nm_sparse.checkpoints import STAGE_DEPLOYED, ModelSpec, load_sparse_model, save_sparse_model
+from nm_sparse.config import SRSTEConfig
+from nm_sparse.deploy import deploy
+from nm_sparse.fitting import evaluate, fit
+from nm_sparse.inspect_plot import position_sparsity, save_heatmap
+from slimkit.data import digits
+from slimkit.train import TrainConfig
 
 
 def run(output_dir: Path, steps: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -19,24 +29,17 @@ def run(output_dir: Path, steps: int = 200, seed: int = 0) -> dict[str, Any]:
     Returns ``{"what", "figure", "files", ...}``: ``figure`` is the key number, ``heatmap`` the PNG of sparsity per
     kernel position (N:M in use vs unstructured pruning of the same dense weights).
     """
-    from nm_sparse.check import check
-    from nm_sparse.config import NMConfig
-    from nm_sparse.deploy import deploy
-    from nm_sparse.inspect_plot import position_sparsity, save_heatmap
-    from nm_sparse.models import STAGE_DEPLOYED, ModelSpec, evaluate, fit, load_sparse_model, save_sparse_model
-    from slimkit.data import digits
-    from slimkit.train import TrainConfig
-
     output_dir = Path(output_dir)
     torch.manual_seed(seed)
     spec = ModelSpec("small_resnet", num_classes=10, in_chans=1, image_size=8)
-    config = NMConfig(method="srste", pattern="2:4", seed=seed)
+    config = SRSTEConfig(pattern="2:4", seed=seed)
     model = spec.build()
-    train_config = TrainConfig(
-        output_dir=str(output_dir / "run"), max_steps=steps, batch_size=64, lr=1e-2, seed=seed,
-        progress=False, cpu=True, log_every=50,
-    )  # fmt: skip
-    result, report = fit(model, digits("train", seed=seed), train_config, config)
+    with tempfile.TemporaryDirectory(prefix="nm-sparse-demo-") as scratch:  # checkpoints are not a deliverable
+        train_config = TrainConfig(
+            output_dir=str(Path(scratch) / "run"), max_steps=steps, batch_size=64, lr=1e-2, seed=seed,
+            progress=False, cpu=True, log_every=50,
+        )  # fmt: skip
+        result, report = fit(model, digits("train", seed=seed), train_config, config)
     val = digits("val", seed=seed)
     sparse_top1 = evaluate(model, val)
 

@@ -10,18 +10,18 @@ Other N:M patterns are simulated only (masks on dense tensors).
 from __future__ import annotations
 
 import fnmatch
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from nm_sparse.check import check_weight
-from nm_sparse.layers import NMLayer, module_weight
+from nm_sparse.layers import NMLayer, inside_wrapper, module_weight
 from nm_sparse.pattern import NMPattern
-from nm_sparse.sparsify import _set_module
 from slimkit.errors import BadInputError
+from slimkit.report import ReportMixin
+from slimkit.surgery import set_module
 
 # Fallback table (torch 2.13/2.14): dtype -> (min/multiple rows, min/multiple cols).
 _CUSPARSELT = {torch.float16: (16, 16), torch.bfloat16: (16, 16), torch.int8: (32, 32), torch.float8_e4m3fn: (32, 32)}
@@ -29,16 +29,10 @@ _CUTLASS = {torch.float16: (32, 64), torch.bfloat16: (32, 64), torch.int8: (16, 
 
 
 @dataclass
-class SemiStructuredReport:
+class SemiStructuredReport(ReportMixin):
     backend: str
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def _backend() -> tuple[str, Any, dict[torch.dtype, tuple[int, int]]]:
@@ -90,7 +84,7 @@ def to_semi_structured(model: nn.Module, names: list[str] | None = None) -> Semi
     for name, module in model.named_modules():
         base = module.base_layer if isinstance(module, NMLayer) else module
         wanted = names is None or any(fnmatch.fnmatchcase(name, p) for p in names)
-        if isinstance(base, nn.Linear) and wanted and not _is_inside_wrapper(name, model):
+        if isinstance(base, nn.Linear) and wanted and not inside_wrapper(model, name):
             linears.append((name, module))
     if not linears:
         raise BadInputError("no Linear layers to convert")
@@ -118,11 +112,6 @@ def to_semi_structured(model: nn.Module, names: list[str] | None = None) -> Semi
         sparse = torch.sparse.to_sparse_semi_structured(module_weight(plain).detach().contiguous())
         plain.weight = nn.Parameter(sparse, requires_grad=False)
         if plain is not module:
-            _set_module(model, name, plain)
+            set_module(model, name, plain)
         report.converted.append(name)
     return report
-
-
-def _is_inside_wrapper(name: str, model: nn.Module) -> bool:
-    parts = name.split(".")
-    return any(isinstance(model.get_submodule(".".join(parts[:i])), NMLayer) for i in range(1, len(parts)))

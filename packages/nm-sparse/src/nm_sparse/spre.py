@@ -14,7 +14,7 @@ The block output is the sum. At deployment both BatchNorms fold into their kerne
 
 Unlike the official code, which pairs main and extra convs by registration order, the
 wrapper holds the conv *and* the BatchNorm that consumes its output (found by
-:func:`nm_sparse.sparsify.find_conv_bn_pairs`); the BatchNorm's place in the parent becomes
+:func:`nm_sparse.find_conv_bn_pairs`, or ``SpReConfig.bn_map``); the BatchNorm's place in the parent becomes
 ``nn.Identity``.
 """
 
@@ -25,27 +25,22 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from nm_sparse.config import SpReConfig
 from nm_sparse.layers import NMLayer, apply_layer, module_weight, srste
 from nm_sparse.masks import spatial_mask_reference, weight_nm_mask
 from nm_sparse.pattern import NMPattern
+from nm_sparse.registry import REGISTRY
+from nm_sparse.sparsify import SparsifyReport, group_axis_reason, wrap_layers
+from nm_sparse.srste import SRSTELayer
 from slimkit.errors import BadInputError
-
-
-def bn_scale_shift(bn: nn.modules.batchnorm._BatchNorm) -> tuple[Tensor, Tensor]:
-    """Per-channel ``(t, b)`` with ``BN(y) = t * y + b`` in eval mode."""
-    if bn.running_mean is None or bn.running_var is None:
-        raise BadInputError("BatchNorm without running statistics cannot be folded")
-    std = torch.sqrt(bn.running_var + bn.eps)
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
-    scale = gamma / std
-    return scale, beta - bn.running_mean * scale
+from slimkit.surgery import bn_scale_shift, find_conv_bn_pairs
 
 
 class SpReConv(NMLayer):
     """Main SR-STE conv + its BatchNorm, plus the spatially masked extra branch."""
 
     method = "spre"
+    pairs_with_bn = False  # it owns its BatchNorm: never pair it again (deploy's BN folding)
 
     def __init__(
         self,
@@ -101,6 +96,9 @@ class SpReConv(NMLayer):
         assert isinstance(mask, Tensor)
         return mask
 
+    def displaced(self) -> dict[str, nn.Module]:
+        return {self.bn_name: self.base_bn} if self.bn_name else {}
+
     def on_step(self) -> None:
         self.refresh_spatial_mask()
 
@@ -144,3 +142,66 @@ class SpReConv(NMLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, decay={self.decay:g}"
+
+
+# --------------------------------------------------------------------------- handler
+
+
+def _wants_spre(module: nn.Module, config: SpReConfig) -> bool:
+    return isinstance(module, nn.Conv2d) and all(k >= config.min_kernel for k in module.kernel_size)
+
+
+def _resolve_bns(
+    chosen: list[tuple[str, nn.Module]], pairs: dict[str, str], modules: dict[str, nn.Module], config: SpReConfig
+) -> dict[str, tuple[str, nn.BatchNorm2d]]:
+    """BatchNorm (name, module) for each SpRe conv; BadInputError for a bad pairing (nothing changed yet)."""
+    out: dict[str, tuple[str, nn.BatchNorm2d]] = {}
+    used: set[str] = set()
+    for name, module in chosen:
+        bn_name = pairs.get(name)
+        if not _wants_spre(module, config) or bn_name is None:
+            continue
+        bn = modules.get(bn_name)
+        if not isinstance(bn, nn.BatchNorm2d) or bn.num_features != module_weight(module).shape[0]:
+            raise BadInputError(f"{bn_name!r} (paired with {name}) is not a BatchNorm2d over its output channels")
+        if not bn.track_running_stats:
+            raise BadInputError(f"{bn_name!r} does not track running statistics, so SpRe cannot fold it")
+        if bn_name in used:
+            raise BadInputError(f"BatchNorm {bn_name!r} is paired with more than one conv")
+        used.add(bn_name)
+        out[name] = (bn_name, bn)
+    return out
+
+
+@REGISTRY.register(SpReConfig)
+def apply_spre(model: nn.Module, config: SpReConfig) -> SparsifyReport:
+    """SpRe on every k x k conv that feeds a BatchNorm, SR-STE on every other eligible layer."""
+    bns: dict[str, tuple[str, nn.BatchNorm2d]] = {}
+
+    def prepare(chosen: list[tuple[str, nn.Module]], report: SparsifyReport) -> None:
+        if config.bn_map is not None:
+            pairs, report.bn_pairing = dict(config.bn_map), "user"
+        else:
+            pairs, report.bn_pairing = find_conv_bn_pairs(model, config.pairing)
+        bns.update(_resolve_bns(chosen, pairs, dict(model.named_modules()), config))
+
+    def build(name: str, module: nn.Module, index: int) -> tuple[NMLayer, str]:
+        if name in bns:
+            assert isinstance(module, nn.Conv2d)
+            bn_name, bn = bns[name]
+            layer = SpReConv(
+                module,
+                bn,
+                config.nm,
+                config.layout,
+                config.decay,
+                branch_init=config.branch_init,
+                branch_gamma=config.branch_gamma,
+                refresh=config.refresh,
+            )
+            layer.bn_name = bn_name
+            return layer, ""
+        note = "no BatchNorm consumes this conv: SR-STE only" if _wants_spre(module, config) else ""
+        return SRSTELayer(module, config.nm, config.layout, config.decay), note
+
+    return wrap_layers(model, config, build, group_axis_reason, prepare)

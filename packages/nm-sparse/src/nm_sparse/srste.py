@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nm_sparse.config import SRSTEConfig
 from nm_sparse.layers import NMLayer, apply_layer, srste
 from nm_sparse.masks import weight_nm_mask
 from nm_sparse.pattern import NMPattern
+from nm_sparse.registry import REGISTRY
+from nm_sparse.sparsify import SparsifyReport, group_axis_reason, wrap_layers
 
 
 class SRSTELayer(NMLayer):
@@ -33,3 +36,13 @@ class SRSTELayer(NMLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, decay={self.decay:g}"
+
+
+@REGISTRY.register(SRSTEConfig)
+def apply_srste(model: nn.Module, config: SRSTEConfig) -> SparsifyReport:
+    """Wrap every eligible layer in an :class:`SRSTELayer`."""
+
+    def build(name: str, module: nn.Module, index: int) -> tuple[NMLayer, str]:
+        return SRSTELayer(module, config.nm, config.layout, config.decay), ""
+
+    return wrap_layers(model, config, build, group_axis_reason)
