@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+
+from token_rate.reference import NORM_EPS, best_match_reference
 
 TINY = dict(pretrained=False, img_size=32, patch_size=8, depth=3, embed_dim=64, num_heads=2, num_classes=10)
 
@@ -79,3 +82,50 @@ def timm_variant(request: pytest.FixtureRequest) -> str:
 def images() -> torch.Tensor:
     torch.manual_seed(1)
     return torch.randn(2, 3, 32, 32)
+
+
+def _tol(dtype: torch.dtype) -> float:
+    return 1e-5 if dtype == torch.float32 else 2e-3
+
+
+def _inputs(shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    b, ns, nd, c = shape
+    src = torch.randn(b, ns, c, generator=g).to(dtype)
+    dst = torch.randn(b, nd, c, generator=g).to(dtype)
+    return src, dst
+
+
+def _merge_inputs(b: int, nd: int, ns: int, c: int, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, nd, c, generator=g).to(dtype)
+    size = (torch.rand(b, nd, 1, generator=g) * 3 + 0.5).to(torch.float32)
+    src = torch.randn(b, ns, c, generator=g).to(dtype)
+    src_size = (torch.rand(b, ns, 1, generator=g) * 2 + 0.1).to(torch.float32)
+    # Skewed targets: many sources share a few destinations, some destinations get none.
+    idx = (torch.rand(b, ns, generator=g) ** 2 * nd).long().clamp_max(nd - 1)
+    return x, size, src, src_size, idx
+
+
+def _assert_match_agrees(sim: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, tol: float) -> None:
+    ref_sim, ref_idx = best_match_reference(src, dst)
+    assert sim.dtype == torch.float32 and idx.dtype == torch.int64
+    torch.testing.assert_close(sim, ref_sim, atol=tol, rtol=0)
+    # Where the top two candidates are clearly apart the choice must be identical; on near-ties
+    # the chosen destination must still reach the maximum similarity.
+    full = torch.nn.functional.normalize(src.float(), dim=-1, eps=NORM_EPS) @ torch.nn.functional.normalize(
+        dst.float(), dim=-1, eps=NORM_EPS
+    ).transpose(1, 2)
+    top2 = full.topk(min(2, full.shape[-1]), dim=-1).values
+    clear = (
+        (top2[..., 0] - top2[..., -1]) > 10 * tol if full.shape[-1] > 1 else torch.ones_like(ref_idx, dtype=torch.bool)
+    )
+    assert torch.equal(idx[clear], ref_idx[clear])
+    chosen = full.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(chosen, ref_sim, atol=10 * tol, rtol=0)
+
+
+@pytest.fixture
+def mt() -> SimpleNamespace:
+    """Merge/match test tools shared by the kernel and op tests: inputs, tolerances, the match check."""
+    return SimpleNamespace(tol=_tol, inputs=_inputs, merge_inputs=_merge_inputs, assert_match_agrees=_assert_match_agrees)

@@ -7,66 +7,17 @@ import pytest
 import torch
 
 from token_rate import ops
-from token_rate.reference import MERGE_MODES, NORM_EPS, best_match_reference, merge_reference
+from token_rate.reference import MERGE_MODES, best_match_reference, merge_reference
 
 DTYPES = [torch.float32, torch.float16]
 
 
-def _inputs(shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    b, ns, nd, c = shape
-    src = torch.randn(b, ns, c, generator=g).to(dtype)
-    dst = torch.randn(b, nd, c, generator=g).to(dtype)
-    return src, dst
-
-
-def _tol(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype == torch.float32 else 2e-3
-
-
-def _inputs(shape: tuple[int, int, int, int], dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    b, ns, nd, c = shape
-    src = torch.randn(b, ns, c, generator=g).to(dtype)
-    dst = torch.randn(b, nd, c, generator=g).to(dtype)
-    return src, dst
-
-
-def _assert_match_agrees(sim, idx, src, dst, tol):
-    ref_sim, ref_idx = ops._best_match_ref(src, dst)
-    assert sim.dtype == torch.float32 and idx.dtype == torch.int64
-    torch.testing.assert_close(sim, ref_sim, atol=tol, rtol=0)
-    # Where the top two candidates are clearly apart the choice must be identical; on near-ties
-    # the chosen destination must still reach the maximum similarity.
-    full = torch.nn.functional.normalize(src.float(), dim=-1, eps=NORM_EPS) @ torch.nn.functional.normalize(
-        dst.float(), dim=-1, eps=NORM_EPS
-    ).transpose(1, 2)
-    top2 = full.topk(min(2, full.shape[-1]), dim=-1).values
-    clear = (
-        (top2[..., 0] - top2[..., -1]) > 10 * tol if full.shape[-1] > 1 else torch.ones_like(ref_idx, dtype=torch.bool)
-    )
-    assert torch.equal(idx[clear], ref_idx[clear])
-    chosen = full.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
-    torch.testing.assert_close(chosen, ref_sim, atol=10 * tol, rtol=0)
-
-
-def _merge_inputs(b, nd, ns, c, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(b, nd, c, generator=g).to(dtype)
-    size = (torch.rand(b, nd, 1, generator=g) * 3 + 0.5).to(torch.float32)
-    src = torch.randn(b, ns, c, generator=g).to(dtype)
-    src_size = (torch.rand(b, ns, 1, generator=g) * 2 + 0.1).to(torch.float32)
-    # Skewed targets: many sources share a few destinations, some destinations get none.
-    idx = (torch.rand(b, ns, generator=g) ** 2 * nd).long().clamp_max(nd - 1)
-    return x, size, src, src_size, idx
-
-
-def test_custom_ops_cpu_path_is_reference():
-    src, dst = _inputs((2, 11, 13, 16), torch.float32)
+def test_custom_ops_cpu_path_is_reference(mt):
+    src, dst = mt.inputs((2, 11, 13, 16), torch.float32)
     sim, idx = ops.best_match_op(src, dst)
     ref = ops._best_match_ref(src, dst)
     assert torch.equal(sim, ref[0]) and torch.equal(idx, ref[1])
-    x, size, s, ssz, ix = _merge_inputs(2, 13, 11, 16, torch.float32)
+    x, size, s, ssz, ix = mt.merge_inputs(2, 13, 11, 16, torch.float32)
     for mode in MERGE_MODES:
         out = ops.merge_op(x, size, s, ssz, ix, mode)
         exp = ops._merge_ref(x, size, s, ssz, ix, mode)
@@ -74,8 +25,8 @@ def test_custom_ops_cpu_path_is_reference():
     assert hasattr(torch.ops.token_rate, "best_match") and hasattr(torch.ops.token_rate, "merge")
 
 
-def test_merge_rejects_bad_mode_and_shapes():
-    x, size, s, ssz, ix = _merge_inputs(1, 4, 3, 8, torch.float32)
+def test_merge_rejects_bad_mode_and_shapes(mt):
+    x, size, s, ssz, ix = mt.merge_inputs(1, 4, 3, 8, torch.float32)
     with pytest.raises(ValueError, match="mode"):
         ops.merge_op(x, size, s, ssz, ix, "sum")
     with pytest.raises(ValueError, match="shapes"):
@@ -85,8 +36,8 @@ def test_merge_rejects_bad_mode_and_shapes():
 
 
 @pytest.mark.parametrize("mode", MERGE_MODES)
-def test_merge_backward_matches_autograd_of_reference(mode):
-    x, size, src, src_size, idx = _merge_inputs(2, 5, 7, 4, torch.float64, seed=2)
+def test_merge_backward_matches_autograd_of_reference(mt, mode):
+    x, size, src, src_size, idx = mt.merge_inputs(2, 5, 7, 4, torch.float64, seed=2)
     size = size.double()
     src_size = src_size.double()
     leaves = [t.clone().requires_grad_(True) for t in (x, size, src, src_size)]
@@ -107,25 +58,25 @@ def test_best_match_has_no_gradient_path():
     assert not sim.requires_grad and not idx.requires_grad
 
 
-def test_opcheck_custom_ops():
-    src, dst = _inputs((2, 6, 7, 8), torch.float32)
+def test_opcheck_custom_ops(mt):
+    src, dst = mt.inputs((2, 6, 7, 8), torch.float32)
     torch.library.opcheck(torch.ops.token_rate.best_match.default, (src, dst))
-    x, size, s, ssz, ix = _merge_inputs(2, 7, 6, 8, torch.float32)
+    x, size, s, ssz, ix = mt.merge_inputs(2, 7, 6, 8, torch.float32)
     for mode in MERGE_MODES:
         args = (x.requires_grad_(), size, s.requires_grad_(), ssz, ix, mode)
         torch.library.opcheck(torch.ops.token_rate.merge.default, args)
 
 
-def test_kernels_agree_with_core_references():
+def test_kernels_agree_with_core_references(mt):
     """The fused ops implement exactly what token_rate.merge's references define."""
     from token_rate import merge as merge_mod  # the 0.1 module path
 
-    src, dst = _inputs((2, 9, 12, 16), torch.float32)
+    src, dst = mt.inputs((2, 9, 12, 16), torch.float32)
     sim, idx = merge_mod.best_match_reference(src, dst)
     k_sim, k_idx = ops.best_match_op(src, dst)
     torch.testing.assert_close(k_sim, sim.float())
     assert torch.equal(k_idx, idx)
-    x, size, s, ssz, ix = _merge_inputs(2, 12, 9, 16, torch.float32)
+    x, size, s, ssz, ix = mt.merge_inputs(2, 12, 9, 16, torch.float32)
     for mode in MERGE_MODES:
         exp = merge_mod.merge_reference(x, size, s, ssz, ix, mode)
         got = ops.merge_op(x, size, s, ssz, ix, mode)
@@ -136,22 +87,22 @@ def test_kernels_agree_with_core_references():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cuda_ops_match_reference(dtype):
-    src, dst = _inputs((4, 150, 190, 384), dtype)
+def test_cuda_ops_match_reference(mt, dtype):
+    src, dst = mt.inputs((4, 150, 190, 384), dtype)
     src, dst = src.cuda(), dst.cuda()
     sim, idx = ops.best_match_op(src, dst)
-    _assert_match_agrees(sim.cpu(), idx.cpu(), src.cpu(), dst.cpu(), _tol(dtype))
-    x, size, s, ssz, ix = (t.cuda() for t in _merge_inputs(4, 190, 150, 384, dtype))
+    mt.assert_match_agrees(sim.cpu(), idx.cpu(), src.cpu(), dst.cpu(), mt.tol(dtype))
+    x, size, s, ssz, ix = (t.cuda() for t in mt.merge_inputs(4, 190, 150, 384, dtype))
     for mode in MERGE_MODES:
         out = ops.merge_op(x, size, s, ssz, ix, mode)
         exp = ops._merge_ref(x, size, s, ssz, ix, mode)
-        torch.testing.assert_close(out[0].float(), exp[0].float(), atol=_tol(dtype), rtol=_tol(dtype))
+        torch.testing.assert_close(out[0].float(), exp[0].float(), atol=mt.tol(dtype), rtol=mt.tol(dtype))
         torch.testing.assert_close(out[1], exp[1])
 
 
-def test_cpu_dispatch_calls_the_reference_directly(monkeypatch):
+def test_cpu_dispatch_calls_the_reference_directly(mt, monkeypatch):
     """CPU tensors never enter the custom op (no dispatch, no argument checks)."""
-    src, dst = _inputs((2, 5, 7, 8), torch.float32)
+    src, dst = mt.inputs((2, 5, 7, 8), torch.float32)
 
     def boom(*args, **kwargs):
         raise AssertionError("custom op called on CPU")
@@ -161,7 +112,7 @@ def test_cpu_dispatch_calls_the_reference_directly(monkeypatch):
     sim, idx = ops.best_match(src, dst)
     ref = best_match_reference(src, dst)
     assert torch.equal(sim, ref[0]) and torch.equal(idx, ref[1])
-    x, size, s, ssz, ix = _merge_inputs(2, 7, 5, 8, torch.float32)
+    x, size, s, ssz, ix = mt.merge_inputs(2, 7, 5, 8, torch.float32)
     for mode in MERGE_MODES:
         out = ops.merge(x, size, s, ssz, ix, mode)
         exp = merge_reference(x, size, s, ssz, ix, mode)
