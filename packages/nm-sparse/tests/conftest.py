@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -82,3 +82,19 @@ def make_resnet() -> type[TinyResNet]:
 def random_bn() -> object:
     """``random_bn(model, seed=0)`` randomises every BatchNorm's parameters and statistics."""
     return randomize_bn
+
+
+def _topn_valid(w: torch.Tensor, mask: torch.Tensor, n: int, m: int) -> None:
+    """Exactly n kept per group, and every kept |w| >= every dropped |w| in its group."""
+    a = w.float().abs().reshape(w.shape[0], -1, m)
+    keep = mask.reshape(a.shape)
+    assert torch.equal(keep.sum(-1), torch.full(keep.shape[:2], n))
+    kept_min = torch.where(keep, a, torch.inf).amin(-1)
+    dropped_max = torch.where(keep, -torch.inf, a).amax(-1)
+    assert (kept_min >= dropped_max).all()
+
+
+@pytest.fixture
+def topn_valid() -> Callable[[Tensor, Tensor, int, int], None]:
+    """The N:M mask property check shared by the reference and kernel tests."""
+    return _topn_valid
