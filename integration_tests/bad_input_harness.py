@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import pkgutil
 import subprocess
@@ -31,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+
+from slimkit.paths import OUTPUT_MARKER
 
 ROWS_PACKAGE = "bad_input_rows"
 ROWS_DIR = Path(__file__).resolve().parent / ROWS_PACKAGE
@@ -48,6 +51,43 @@ class BadInput:
     def command(self, tmp: Path) -> list[str]:
         """``argv`` with ``{tmp}`` filled in."""
         return [arg.format(tmp=str(tmp)) if "{tmp}" in arg else arg for arg in self.argv]
+
+
+# Setup builders the row tables share: the inputs every CLI must refuse look the same everywhere.
+def file_at(name: str, data: str | bytes = "x") -> Callable[[Path], None]:
+    """A file ``name`` (text or bytes): a file where a folder is expected, or a broken input."""
+
+    def setup(tmp: Path) -> None:
+        target = tmp / name
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+        else:
+            target.write_text(data)
+
+    return setup
+
+
+def folder_at(name: str, *files: str) -> Callable[[Path], None]:
+    """A folder ``name`` holding ``files`` (a folder where a file is expected, or not empty and not ours)."""
+
+    def setup(tmp: Path) -> None:
+        (tmp / name).mkdir()
+        for rel in files:
+            (tmp / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name / rel).write_text("x")
+
+    return setup
+
+
+def output_of(kind: str, name: str = "out") -> Callable[[Path], None]:
+    """A folder another command wrote: its output marker names ``kind``."""
+
+    def setup(tmp: Path) -> None:
+        (tmp / name).mkdir()
+        (tmp / name / OUTPUT_MARKER).write_text(json.dumps({"kind": kind}))
+        (tmp / name / "metrics.jsonl").write_text("{}\n")
+
+    return setup
 
 
 def load_rows() -> dict[str, list[BadInput]]:

@@ -8,43 +8,19 @@ holds for root too (permission bits do not).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bad_input_harness import BadInput
+from bad_input_harness import BadInput, file_at, folder_at, output_of
 
 NM = "nm-sparse"
 TRAIN = [NM, "train", "--steps", "1", "--no-progress"]
-MARKER = ".slimkit-output.json"
 
 
-def _file(name: str, data: bytes = b"x") -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        (tmp / name).write_bytes(data)
-
-    return setup
 
 
-def _folder(name: str, *files: str) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        (tmp / name).mkdir()
-        for rel in files:
-            (tmp / name / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name / rel).write_text("x")
-
-    return setup
 
 
-def _output_of(kind: str, name: str = "out") -> Callable[[Path], None]:
-    """A folder another nm-sparse command wrote (its output marker names ``kind``)."""
-
-    def setup(tmp: Path) -> None:
-        (tmp / name).mkdir()
-        (tmp / name / MARKER).write_text(json.dumps({"kind": kind}))
-        (tmp / name / "metrics.jsonl").write_text("{}\n")
-
-    return setup
 
 
 def _saved_model(
@@ -86,24 +62,24 @@ ROWS: list[BadInput] = [
         "--bimask-interval must be >= 1",
     ),
     BadInput("train-data-missing", [*TRAIN, "--data", "{tmp}/nope", "-o", "{tmp}/r"], "--data folder not found"),
-    BadInput("train-data-empty", [*TRAIN, "--data", "{tmp}/imgs", "-o", "{tmp}/r"], "is empty", _folder("imgs")),
+    BadInput("train-data-empty", [*TRAIN, "--data", "{tmp}/imgs", "-o", "{tmp}/r"], "is empty", folder_at("imgs")),
     BadInput(
         "train-data-is-a-file",
         [*TRAIN, "--data", "{tmp}/x.png", "-o", "{tmp}/r"],
         "is a file, expected a folder",
-        _file("x.png"),
+        file_at("x.png"),
     ),
     BadInput(
         "train-val-data-missing",
         [*TRAIN, "--data", "{tmp}/imgs", "--val-data", "{tmp}/nope", "-o", "{tmp}/r"],
         "--val-data folder not found",
-        _folder("imgs", "a/x.png"),
+        folder_at("imgs", "a/x.png"),
     ),
     BadInput(
         "train-val-data-with-digits",
         [*TRAIN, "--val-data", "{tmp}/imgs", "-o", "{tmp}/r"],
         "--val-data needs --data",
-        _folder("imgs", "a/x.png"),
+        folder_at("imgs", "a/x.png"),
     ),
     BadInput(
         "train-include-matches-nothing",
@@ -111,25 +87,25 @@ ROWS: list[BadInput] = [
         "matches no Linear/Conv layer",
     ),
     BadInput("train-unknown-model", [*TRAIN, "--model", "no_such_model_xyz", "-o", "{tmp}/r"], "unknown model"),
-    BadInput("train-output-is-a-file", [*TRAIN, "-o", "{tmp}/f.txt"], "is a file, expected a folder", _file("f.txt")),
+    BadInput("train-output-is-a-file", [*TRAIN, "-o", "{tmp}/f.txt"], "is a file, expected a folder", file_at("f.txt")),
     BadInput(
         "train-output-other-kind",
         [*TRAIN, "-o", "{tmp}/out"],
         "holds a nm-sparse deploy output",
-        _output_of("nm-sparse deploy"),
+        output_of("nm-sparse deploy"),
     ),
-    BadInput("train-output-not-empty", [*TRAIN, "-o", "{tmp}/notes"], "is not empty", _folder("notes", "todo.txt")),
-    BadInput("train-output-unwritable", [*TRAIN, "-o", "{tmp}/f.txt/run"], "is a file, not a folder", _file("f.txt")),
+    BadInput("train-output-not-empty", [*TRAIN, "-o", "{tmp}/notes"], "is not empty", folder_at("notes", "todo.txt")),
+    BadInput("train-output-unwritable", [*TRAIN, "-o", "{tmp}/f.txt/run"], "is a file, not a folder", file_at("f.txt")),
     BadInput("train-resume-nothing", [*TRAIN, "-o", "{tmp}/r", "--resume", "latest"], "nothing to resume"),
     BadInput(
         "train-resume-not-a-checkpoint",
         [*TRAIN, "-o", "{tmp}/r", "--resume", "{tmp}/ck"],
         "not a complete slimkit checkpoint",
-        _folder("ck", "notes.txt"),
+        folder_at("ck", "notes.txt"),
     ),
     # ---------------------------------------------------------------- deploy
     BadInput("deploy-missing", [NM, "deploy", "{tmp}/nope", "-o", "{tmp}/d"], "not found"),
-    BadInput("deploy-empty-folder", [NM, "deploy", "{tmp}/ck", "-o", "{tmp}/d"], "no model.safetensors", _folder("ck")),
+    BadInput("deploy-empty-folder", [NM, "deploy", "{tmp}/ck", "-o", "{tmp}/d"], "no model.safetensors", folder_at("ck")),
     BadInput(
         "deploy-corrupt-weights",
         [NM, "deploy", "{tmp}/ck", "-o", "{tmp}/d"],
@@ -146,13 +122,13 @@ ROWS: list[BadInput] = [
         "deploy-truncated-bare-safetensors",
         [NM, "deploy", "{tmp}/w.safetensors", "-o", "{tmp}/d"],
         "corrupt",
-        _file("w.safetensors", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":'),
+        file_at("w.safetensors", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":'),
     ),
     BadInput(
         "deploy-wrong-file-type",
         [NM, "deploy", "{tmp}/w.pt", "-o", "{tmp}/d"],
         "is not one of .safetensors",
-        _file("w.pt"),
+        file_at("w.pt"),
     ),
     BadInput(
         "deploy-already-deployed",
@@ -164,17 +140,17 @@ ROWS: list[BadInput] = [
         "deploy-output-is-a-run-folder",
         [NM, "deploy", "{tmp}/nope", "-o", "{tmp}/out"],
         "holds a nm-sparse train output",
-        _output_of("nm-sparse train"),
+        output_of("nm-sparse train"),
     ),
     # ---------------------------------------------------------------- inspect
     BadInput("inspect-missing", [NM, "inspect", "{tmp}/nope"], "not found"),
-    BadInput("inspect-empty-weights", [NM, "inspect", "{tmp}/w.safetensors"], "is empty", _file("w.safetensors", b"")),
+    BadInput("inspect-empty-weights", [NM, "inspect", "{tmp}/w.safetensors"], "is empty", file_at("w.safetensors", b"")),
     BadInput("inspect-plot-not-png", [NM, "inspect", "{tmp}/nope", "--plot", "{tmp}/heat.jpg"], "use one of .png"),
     BadInput(
         "inspect-plot-is-a-folder",
         [NM, "inspect", "{tmp}/nope", "--plot", "{tmp}/plots"],
         "is a folder, expected a file",
-        _folder("plots"),
+        folder_at("plots"),
     ),
     BadInput("inspect-pattern-out-of-range", [NM, "inspect", "{tmp}/nope", "--pattern", "3:2"], "3:2"),
     # ---------------------------------------------------------------- bench
@@ -184,7 +160,7 @@ ROWS: list[BadInput] = [
         "bench-output-unwritable",
         [NM, "bench", "--quick", "-o", "{tmp}/f.txt/bench.json"],
         "is a file, not a folder",
-        _file("f.txt"),
+        file_at("f.txt"),
     ),
     # ---------------------------------------------------------------- table
     BadInput("table-unknown-method", [NM, "table", "--methods", "magic"], "magic"),
@@ -193,11 +169,11 @@ ROWS: list[BadInput] = [
         "table-output-other-kind",
         [NM, "table", "--steps", "1", "-o", "{tmp}/out"],
         "holds a nm-sparse train output",
-        _output_of("nm-sparse train"),
+        output_of("nm-sparse train"),
     ),
     # ---------------------------------------------------------------- demo
     BadInput("demo-steps-zero", [NM, "demo", "--steps", "0", "-o", "{tmp}/demo"], "--steps must be >= 1"),
     BadInput(
-        "demo-output-is-a-file", [NM, "demo", "-o", "{tmp}/f.txt"], "is a file, expected a folder", _file("f.txt")
+        "demo-output-is-a-file", [NM, "demo", "-o", "{tmp}/f.txt"], "is a file, expected a folder", file_at("f.txt")
     ),
 ]

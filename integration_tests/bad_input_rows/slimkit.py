@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
-from bad_input_harness import BadInput
-
-
-def _file(tmp: Path) -> None:
-    (tmp / "f.txt").write_text("not a folder")
-
-
-def _other_kind(tmp: Path) -> None:
-    (tmp / "run").mkdir()
-    (tmp / "run" / ".slimkit-output.json").write_text(json.dumps({"kind": "nm-sparse train"}))
-    (tmp / "run" / "metrics.jsonl").write_text("{}\n")
-
-
-def _not_empty(tmp: Path) -> None:
-    (tmp / "notes").mkdir()
-    (tmp / "notes" / "todo.txt").write_text("mine")
-
+from bad_input_harness import BadInput, file_at, folder_at, output_of
 
 ROWS: list[BadInput] = [
     BadInput("unknown-subcommand", ["slimkit", "frobnicate"], expect="invalid choice"),
     BadInput("no-subcommand", ["slimkit"], expect="required"),
     BadInput("demo-output-is-a-file", ["slimkit", "demo", "--output", "{tmp}/f.txt"],
-             expect="f.txt is a file, expected a folder", setup=_file),
+             expect="f.txt is a file, expected a folder", setup=file_at("f.txt", "not a folder")),
     BadInput("demo-output-under-a-file", ["slimkit", "demo", "--output", "{tmp}/f.txt/out"],
-             expect="f.txt is a file, not a folder", setup=_file),
+             expect="f.txt is a file, not a folder", setup=file_at("f.txt", "not a folder")),
     BadInput("demo-output-of-another-kind", ["slimkit", "demo", "--output", "{tmp}/run"],
-             expect="holds a nm-sparse train output", setup=_other_kind),
+             expect="holds a nm-sparse train output", setup=output_of("nm-sparse train", "run")),
     BadInput("demo-output-not-empty", ["slimkit", "demo", "--output", "{tmp}/notes"],
-             expect="is not empty and was not written by slimkit demo", setup=_not_empty),
+             expect="is not empty and was not written by slimkit demo", setup=folder_at("notes", "todo.txt")),
     BadInput("demo-steps-zero", ["slimkit", "demo", "--steps", "0"], expect="--steps must be >= 1"),
     BadInput("demo-steps-negative", ["slimkit", "demo", "--steps", "-1", "--output", "{tmp}/out"],
              expect="--steps must be >= 1"),

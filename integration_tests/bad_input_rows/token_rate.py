@@ -11,40 +11,21 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bad_input_harness import BadInput
+from bad_input_harness import BadInput, file_at, folder_at, output_of
 
 TR = "token-rate"
 M = ["--model", "digits_vit"]
 SEARCH = [TR, "search", *M, "--target-ratio", "0.5"]
 
 
-def _file(name: str, text: str = "x") -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        (tmp / name).write_text(text)
-    return setup
 
 
-def _bytes(name: str, data: bytes) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        (tmp / name).write_bytes(data)
-    return setup
 
 
-def _folder(name: str) -> Callable[[Path], None]:
-    def setup(tmp: Path) -> None:
-        (tmp / name).mkdir()
-    return setup
 
 
-def _other_kind(tmp: Path) -> None:
-    (tmp / "run").mkdir()
-    (tmp / "run" / ".slimkit-output.json").write_text(json.dumps({"kind": "nm-sparse train"}))
-    (tmp / "run" / "metrics.jsonl").write_text("{}\n")
 
 
-def _not_empty(tmp: Path) -> None:
-    (tmp / "notes").mkdir()
-    (tmp / "notes" / "todo.txt").write_text("mine")
 
 
 def _train_folder(config_text: str) -> Callable[[Path], None]:
@@ -69,15 +50,15 @@ ROWS: list[BadInput] = [
     BadInput("flops-schedule-missing", [TR, "flops", *M, "--schedule", "{tmp}/missing.json"],
              expect="--schedule file not found"),
     BadInput("flops-schedule-empty", [TR, "flops", *M, "--schedule", "{tmp}/s.json"], expect="is empty",
-             setup=_file("s.json", "")),
+             setup=file_at("s.json", "")),
     BadInput("flops-schedule-corrupt", [TR, "flops", *M, "--schedule", "{tmp}/s.json"], expect="not valid JSON",
-             setup=_file("s.json", "{prune: [65")),
+             setup=file_at("s.json", "{prune: [65")),
     BadInput("flops-schedule-wrong-type", [TR, "flops", *M, "--schedule", "{tmp}/s.json"],
-             expect="Schedule.prune must be", setup=_file("s.json", _SCHEDULE_WRONG_TYPE)),
+             expect="Schedule.prune must be", setup=file_at("s.json", _SCHEDULE_WRONG_TYPE)),
     BadInput("flops-schedule-wrong-kind", [TR, "flops", *M, "--schedule", "{tmp}/s.json"],
-             expect="expected a Schedule", setup=_file("s.json", _SCHEDULE_OTHER_KIND)),
+             expect="expected a Schedule", setup=file_at("s.json", _SCHEDULE_OTHER_KIND)),
     BadInput("flops-schedule-wrong-suffix", [TR, "flops", *M, "--schedule", "{tmp}/s.txt"],
-             expect="is not one of .json", setup=_file("s.txt", "{}")),
+             expect="is not one of .json", setup=file_at("s.txt", "{}")),
     BadInput("flops-schedule-for-another-model",
              [TR, "flops", "--model", "deit_tiny_patch16_224", "--schedule", "deit_small@2.9", "--no-count"],
              expect="was made for another model (deit_small_patch16_224): embed_dim 384 (model: 192)"),
@@ -88,22 +69,22 @@ ROWS: list[BadInput] = [
     # eval
     BadInput("eval-checkpoint-missing", [TR, "eval", "--checkpoint", "{tmp}/nope"], expect="checkpoint not found"),
     BadInput("eval-checkpoint-empty", [TR, "eval", *M, "--checkpoint", "{tmp}/w.safetensors"], expect="is empty",
-             setup=_file("w.safetensors", "")),
+             setup=file_at("w.safetensors", "")),
     BadInput("eval-checkpoint-truncated", [TR, "eval", *M, "--checkpoint", "{tmp}/w.safetensors"],
-             expect="is corrupt or truncated", setup=_bytes("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")),
+             expect="is corrupt or truncated", setup=file_at("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\"")),
     BadInput("eval-checkpoint-folder-empty", [TR, "eval", "--checkpoint", "{tmp}/ck"], expect="is empty",
-             setup=_folder("ck")),
+             setup=folder_at("ck")),
     BadInput("eval-checkpoint-config-corrupt", [TR, "eval", "--checkpoint", "{tmp}/ck"],
              expect="config.json is corrupt", setup=_train_folder("{\"config\": ")),
     BadInput("eval-checkpoint-config-wrong-type", [TR, "eval", "--checkpoint", "{tmp}/ck"],
              expect="wrong field types", setup=_train_folder(json.dumps({"config": {"name": 5, "kwargs": {}}}))),
     BadInput("eval-checkpoint-wrong-kind", [TR, "eval", *M, "--checkpoint", "{tmp}/c.txt"],
-             expect="unsupported checkpoint", setup=_file("c.txt", "weights?")),
+             expect="unsupported checkpoint", setup=file_at("c.txt", "weights?")),
     BadInput("eval-batch-size-zero", [TR, "eval", *M, "--batch-size", "0"], expect="--batch-size must be >= 1"),
     BadInput("eval-data-missing", [TR, "eval", *M, "--data", "{tmp}/val"], expect="not found"),
-    BadInput("eval-data-empty", [TR, "eval", *M, "--data", "{tmp}/val"], expect="is empty", setup=_folder("val")),
+    BadInput("eval-data-empty", [TR, "eval", *M, "--data", "{tmp}/val"], expect="is empty", setup=folder_at("val")),
     BadInput("eval-data-is-a-file", [TR, "eval", *M, "--data", "{tmp}/val"], expect="is a file, expected a folder",
-             setup=_file("val")),
+             setup=file_at("val")),
     BadInput("eval-schedule-token-mismatch", [TR, "eval", *M, "--schedule", "deit_small@2.9"],
              expect="made for 197 input tokens"),
     BadInput("eval-schedule-and-tome", [TR, "eval", *M, "--schedule", "deit_small@2.9", "--tome-r", "2"],
@@ -119,22 +100,22 @@ ROWS: list[BadInput] = [
              expect="is not below the uncompressed"),
     BadInput("search-output-wrong-suffix", [*SEARCH, "--output", "{tmp}/s.yaml"], expect="use one of .json"),
     BadInput("search-output-is-a-folder", [*SEARCH, "--output", "{tmp}/s.json"], expect="is a folder, expected a file",
-             setup=_folder("s.json")),
+             setup=folder_at("s.json")),
     BadInput("search-output-under-a-file", [*SEARCH, "--output", "{tmp}/f.txt/s.json"],
-             expect="f.txt is a file, not a folder", setup=_file("f.txt")),
+             expect="f.txt is a file, not a folder", setup=file_at("f.txt")),
     BadInput("search-resume-nothing", [*SEARCH, "--output", "{tmp}/s.json", "--resume"],
              expect="nothing to resume"),
     BadInput("search-work-dir-other-kind", [*SEARCH, "--output", "{tmp}/s.json", "--work-dir", "{tmp}/run"],
-             expect="holds a nm-sparse train output", setup=_other_kind),
+             expect="holds a nm-sparse train output", setup=output_of("nm-sparse train", "run")),
     BadInput("search-init-schedule-wrong-length", [*SEARCH, "--output", "{tmp}/s.json", "--init-schedule", "53,41"],
              expect="lists 2 counts for a 6-block model"),
     BadInput("search-data-missing", [*SEARCH, "--output", "{tmp}/s.json", "--data", "{tmp}/imgs"],
              expect="not found"),
     # train
     BadInput("train-output-is-a-file", [TR, "train", "--output", "{tmp}/f.txt"], expect="is a file, expected a folder",
-             setup=_file("f.txt")),
+             setup=file_at("f.txt")),
     BadInput("train-output-not-empty", [TR, "train", "--output", "{tmp}/notes"],
-             expect="is not empty and was not written by token-rate train", setup=_not_empty),
+             expect="is not empty and was not written by token-rate train", setup=folder_at("notes", "todo.txt")),
     BadInput("train-steps-negative", [TR, "train", "--output", "{tmp}/m", "--steps", "-3"],
              expect="--steps must be >= 1"),
     BadInput("train-lr-zero", [TR, "train", "--output", "{tmp}/m", "--lr", "0"], expect="--lr must be > 0"),
@@ -149,7 +130,7 @@ ROWS: list[BadInput] = [
     BadInput("visualize-output-not-png", [TR, "visualize", *M, "--tome-r", "2", "--output", "{tmp}/g.jpg"],
              expect="use one of .png"),
     BadInput("visualize-output-under-a-file", [TR, "visualize", *M, "--tome-r", "2", "--output", "{tmp}/f.txt/g.png"],
-             expect="f.txt is a file, not a folder", setup=_file("f.txt")),
+             expect="f.txt is a file, not a folder", setup=file_at("f.txt")),
     BadInput("visualize-image-missing", [TR, "visualize", *M, "--tome-r", "2", "--image", "{tmp}/none.png",
                                          "--output", "{tmp}/g.png"], expect="--image not found"),
     BadInput("visualize-block-out-of-range", [TR, "visualize", *M, "--tome-r", "2", "--block", "9",
@@ -157,7 +138,7 @@ ROWS: list[BadInput] = [
              expect="out of range"),
     # demo
     BadInput("demo-output-is-a-file", [TR, "demo", "--output", "{tmp}/f.txt"], expect="is a file, expected a folder",
-             setup=_file("f.txt")),
+             setup=file_at("f.txt")),
     BadInput("demo-output-of-another-kind", [TR, "demo", "--output", "{tmp}/run"],
-             expect="holds a nm-sparse train output", setup=_other_kind),
+             expect="holds a nm-sparse train output", setup=output_of("nm-sparse train", "run")),
 ]
