@@ -222,3 +222,33 @@ def test_permission_messages_with_access_denied(tmp_path: Path, monkeypatch: pyt
     with _raises(f"cannot read config {tmp_path / 'in.json'}: permission denied"):
         check_input_file(tmp_path / "in.json", "config")
     assert _tree(tmp_path) == ["empty", "in.json"]
+
+
+def test_a_folder_being_claimed_never_looks_foreign_to_a_concurrent_check(tmp_path: Path) -> None:
+    # under `accelerate launch` the other ranks check the run folder while rank 0 claims it
+    import threading
+
+    from slimkit.paths import check_output_dir, claim_output_dir
+
+    seen: list[str] = []
+    stop = threading.Event()
+    targets = [tmp_path / f"run{i}" for i in range(150)]
+
+    def watch() -> None:
+        while not stop.is_set():
+            for t in targets:
+                try:
+                    check_output_dir(t, "train")
+                except Exception as exc:  # any refusal is the bug
+                    seen.append(str(exc))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for t in targets:
+            claim_output_dir(t, "train")
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)  # no staging leftovers

@@ -17,13 +17,16 @@ a mistake ends in one :class:`~slimkit.errors.BadInputError` line naming the use
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from slimkit.errors import BadInputError
-from slimkit.io import save_json
+from slimkit.io import current_umask, save_json
 
 __all__ = [
     "OUTPUT_MARKER",
@@ -127,9 +130,25 @@ def claim_output_dir(path: str | os.PathLike[str], kind: str) -> Path:
     if _marker_kind(p) == kind:
         return p
 
+    # The folder appears with its marker already inside (a marked staging folder renamed over a
+    # missing or empty one), so another process never sees it non-empty and unmarked: under
+    # `accelerate launch` the other ranks check the folder while rank 0 claims it.
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        save_json(p / OUTPUT_MARKER, {"kind": kind})
+        p.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{p.name}.claim-", dir=p.parent))
+        try:
+            os.chmod(staging, 0o777 & ~current_umask())
+            save_json(staging / OUTPUT_MARKER, {"kind": kind})
+            try:
+                os.replace(staging, p)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if _marker_kind(p) != kind:  # something else filled the folder meanwhile
+                    check_output_dir(p, kind)
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     except PermissionError:
         raise BadInputError(f"cannot write to {os.fspath(path)}: permission denied") from None
     except (FileExistsError, NotADirectoryError):
