@@ -26,6 +26,15 @@ def _hand_kl(temp: float) -> float:
     return total / len(S) * temp**2
 
 
+def _hand_kl_terms(temp: float) -> list[list[float]]:
+    """Per-element terms T^2 * p_t * log(p_t / p_s), before any reduction."""
+    rows = []
+    for s_row, t_row in zip(S.tolist(), T.tolist()):
+        p_s, p_t = _softmax(s_row, temp), _softmax(t_row, temp)
+        rows.append([pt * math.log(pt / ps) * temp**2 for pt, ps in zip(p_t, p_s)])
+    return rows
+
+
 def _hand_ce(temp: float) -> float:
     total = 0.0
     for s_row, t_row in zip(S.tolist(), T.tolist()):
@@ -38,7 +47,9 @@ def _hand_ce(temp: float) -> float:
 def test_kd_kl_loss_matches_hand_computation(temp: float) -> None:
     assert kd_kl_loss(S, T, temp).item() == pytest.approx(_hand_kl(temp), rel=1e-5)
     assert kd_kl_loss(S, T, temp, reduction="sum").item() == pytest.approx(_hand_kl(temp) * 2, rel=1e-5)
-    assert kd_kl_loss(S, T, temp, reduction="none").shape == S.shape
+    terms = kd_kl_loss(S, T, temp, reduction="none")
+    assert terms.shape == S.shape
+    torch.testing.assert_close(terms, torch.tensor(_hand_kl_terms(temp)), rtol=1e-5, atol=1e-7)
     assert kd_kl_loss(T, T, temp).item() == pytest.approx(0.0, abs=1e-7)
 
 
@@ -54,6 +65,14 @@ def test_losses_do_not_backprop_into_teacher() -> None:
     s, t = S.clone().requires_grad_(True), T.clone().requires_grad_(True)
     (kd_kl_loss(s, t, 2.0) + soft_cross_entropy(s, t) + feature_mse(s, t)).backward()
     assert s.grad is not None and t.grad is None
+    # the student's gradient is the one a constant teacher gives, and the KL one is softmax(s/T) - softmax(t/T) times T/B
+    s_ref = S.clone().requires_grad_(True)
+    (kd_kl_loss(s_ref, T, 2.0) + soft_cross_entropy(s_ref, T) + feature_mse(s_ref, T)).backward()
+    assert s_ref.grad is not None and torch.equal(s.grad, s_ref.grad)
+    s_kl = S.clone().requires_grad_(True)
+    kd_kl_loss(s_kl, T, 2.0).backward()
+    expected = (torch.softmax(S / 2.0, -1) - torch.softmax(T / 2.0, -1)) * 2.0 / len(S)
+    torch.testing.assert_close(s_kl.grad, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_feature_mse_with_adapter() -> None:

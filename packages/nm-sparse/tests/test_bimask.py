@@ -41,7 +41,8 @@ def test_linear_gradients_match_manual() -> None:
     dense_dw = grad_out.reshape(-1, 8).t() @ x.detach().reshape(-1, 16)
     torch.testing.assert_close(base.weight.grad, dense_dw + DECAY * (~fwd).float() * w)  # dense dW
     torch.testing.assert_close(base.bias.grad, grad_out.reshape(-1, 8).sum(0))
-    assert not torch.allclose(x.grad, grad_out @ (w * fwd))  # the backward mask matters
+    # the backward mask matters: it keeps exactly the searched score's count of the forward-kept weights
+    assert int(bwd.sum()) == int(layer.perm_score) < int(fwd.sum())
 
 
 @pytest.mark.parametrize(
@@ -107,20 +108,6 @@ def test_permutation_search_beats_identity() -> None:
     assert float(eligible.score(torch.arange(8)[None])[0]) < float(eligible.perm_score)
 
 
-def test_refresh_every_interval_steps_and_keep_current() -> None:
-    base = nn.Linear(16, 8)
-    layer = BiMaskLayer(base, NMPattern(2, 4), candidates=3, interval=3, keep_current=True)
-    scores = [float(layer.perm_score)]
-    perms = [layer.perm.clone()]
-    for _ in range(6):
-        layer.on_step()
-        scores.append(float(layer.perm_score))
-        perms.append(layer.perm.clone())
-    assert int(layer.step_count) == 6
-    assert torch.equal(perms[1], perms[0]) and torch.equal(perms[2], perms[0])  # no search at steps 1, 2
-    assert scores[3] >= scores[2] and scores[6] >= scores[5]  # keep_current: never worse
-
-
 def test_forward_refresh_mode_counts_training_forwards() -> None:
     layer = BiMaskLayer(nn.Linear(8, 8), NMPattern(2, 4), interval=2, refresh="forward")
     x = torch.randn(2, 8)
@@ -135,14 +122,29 @@ def test_forward_refresh_mode_counts_training_forwards() -> None:
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_autocast_bfloat16_backward(kind: str) -> None:
     base: nn.Module = nn.Linear(16, 8) if kind == "linear" else nn.Conv2d(8, 8, 3, padding=1)
-    layer = BiMaskLayer(base, NMPattern(2, 4))
+    layer = BiMaskLayer(base, NMPattern(2, 4), decay=1.0)  # a decay large enough to see in bf16
     x = torch.randn(2, 16, requires_grad=True) if kind == "linear" else torch.randn(2, 8, 5, 5, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(x)
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
+    # the same gradients as plain autograd on bf16 copies: dX through W * M_b, dense dW + decay
+    w = layer.dense_weight.detach()
+    x_ref = x.detach().bfloat16().requires_grad_(True)
+    w_ref = w.bfloat16().requires_grad_(True)
+    w_b = (w * layer.backward_mask()).bfloat16()
+    if kind == "linear":
+        (x_ref @ w_b.t()).float().sum().backward()
+        (x.detach().bfloat16() @ w_ref.t()).float().sum().backward()
+    else:
+        F.conv2d(x_ref, w_b, padding=1).float().sum().backward()
+        F.conv2d(x.detach().bfloat16(), w_ref, padding=1).float().sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32
     assert base.weight.grad is not None and base.weight.grad.dtype == torch.float32
+    assert x_ref.grad is not None and w_ref.grad is not None
+    torch.testing.assert_close(x.grad, x_ref.grad.float(), rtol=2e-2, atol=2e-2)
+    expected_dw = w_ref.grad.float() + (~layer.forward_mask()).float() * w
+    torch.testing.assert_close(base.weight.grad, expected_dw, rtol=2e-2, atol=2e-2)
 
 
 def test_inference_path_uses_forward_mask_only() -> None:
@@ -152,3 +154,165 @@ def test_inference_path_uses_forward_mask_only() -> None:
     with torch.no_grad():
         out = layer(x)
     torch.testing.assert_close(out, F.linear(x, base.weight * layer.forward_mask(), base.bias))
+
+
+# --------------------------------------------------------------------------- re-search at the interval
+
+
+def _two_cluster_weight() -> torch.Tensor:
+    """[8, 16], distinct magnitudes: rows 0-3 keep columns 0, 1 (mod 4) under 2:4, rows 4-7 keep 2, 3.
+
+    A group of 4 permuted rows holding ``a`` rows of the first cluster keeps, per column block
+    of 4, ``2 min(2, a) + 2 min(2, 4 - a)`` forward-kept weights in its backward mask: row orders
+    whose groups split (2, 2), (1, 3) and (0, 4) score 64, 48 and 32 ("kept").
+    """
+    w = torch.empty(8, 16)
+    for r in range(8):
+        for c in range(16):
+            big = (c % 4 < 2) == (r < 4)
+            w[r, c] = (1.0 + 0.01 * (r * 16 + c)) if big else 0.001 * (1 + r * 16 + c)
+    return w * torch.where(torch.arange(16) % 3 == 0, -1.0, 1.0)  # signs must not matter
+
+
+def _forward_mask_by_hand() -> torch.Tensor:
+    rows = torch.arange(8)[:, None] < 4
+    cols = torch.arange(16)[None, :] % 4 < 2
+    return rows == cols
+
+
+def _kept_score(w: torch.Tensor, fwd: torch.Tensor, perm: list[int], n: int = 2, m: int = 4) -> int:
+    """Independent "kept" score: per group of m permuted rows and column, min(n, forward-kept)."""
+    total = 0
+    for g in range(len(perm) // m):
+        rows = perm[g * m : (g + 1) * m]
+        for c in range(w.shape[1]):
+            total += min(n, sum(bool(fwd[r, c]) for r in rows))
+    return total
+
+
+def _backward_mask_by_hand(w: torch.Tensor, fwd: torch.Tensor, perm: list[int], n: int = 2, m: int = 4) -> torch.Tensor:
+    """Per group of m permuted rows and column: the n largest |w| among the forward-kept entries."""
+    out = torch.zeros_like(fwd)
+    for g in range(len(perm) // m):
+        rows = perm[g * m : (g + 1) * m]
+        for c in range(w.shape[1]):
+            kept = sorted((r for r in rows if fwd[r, c]), key=lambda r: -abs(float(w[r, c])))
+            for r in kept[:n]:
+                out[r, c] = True
+    return out
+
+
+# three rounds of K=3 hand-fed candidates; each round's scores are distinct and its best sits at
+# a different index (1, 2, 0), so "take the first/last", "argmin" or a skipped search all differ
+_ROUNDS = [
+    [[4, 5, 6, 7, 0, 1, 2, 3], [0, 4, 5, 6, 1, 2, 3, 7], [0, 2, 1, 3, 7, 6, 5, 4]],  # 32, 48, 32
+    [[7, 1, 2, 3, 0, 4, 5, 6], [3, 2, 1, 0, 4, 5, 6, 7], [0, 4, 1, 5, 2, 6, 3, 7]],  # 48, 32, 64
+    [[1, 5, 6, 7, 0, 2, 3, 4], [6, 7, 4, 5, 1, 0, 3, 2], [1, 2, 3, 0, 5, 6, 7, 4]],  # 48, 32, 32
+]
+
+
+def _feed_candidates(monkeypatch: pytest.MonkeyPatch, rounds: list[list[list[int]]]) -> list[list[int]]:
+    """Replace torch.randperm with a queue of hand-built candidates; returns the queue (empties as drawn)."""
+    queue = [perm for rnd in rounds for perm in rnd]
+
+    def fake_randperm(count: int, *, generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+        assert count == 8 and isinstance(generator, torch.Generator)
+        assert queue, "more permutation searches than the interval allows"
+        return torch.tensor(queue.pop(0))
+
+    monkeypatch.setattr(torch, "randperm", fake_randperm)
+    return queue
+
+
+@pytest.mark.parametrize("refresh", ["step", "forward"])
+def test_permutation_re_search_exactly_every_interval(monkeypatch: pytest.MonkeyPatch, refresh: str) -> None:
+    """Item 5: the search runs at construction and after every T=3 steps (or training forwards), never between.
+
+    The permutation the i-th training forward uses must be the best (by an independent score) of
+    round floor((i-1)/T)'s candidates; the input gradient of that forward must use the backward
+    mask of exactly that permutation.
+    """
+    w = _two_cluster_weight()
+    fwd = _forward_mask_by_hand()
+    scores = [[_kept_score(w, fwd, p) for p in rnd] for rnd in _ROUNDS]
+    assert scores == [[32, 48, 32], [48, 32, 64], [48, 32, 32]]
+    best = [rnd[max(range(3), key=lambda k: s[k])] for rnd, s in zip(_ROUNDS, scores)]
+    bwd = [_backward_mask_by_hand(w, fwd, p) for p in best]
+    assert not torch.equal(bwd[0], bwd[1]) and not torch.equal(bwd[0], bwd[2]) and not torch.equal(bwd[1], bwd[2])
+
+    queue = _feed_candidates(monkeypatch, _ROUNDS)
+    base = nn.Linear(16, 8, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(w)
+    layer = BiMaskLayer(base, NMPattern(2, 4), candidates=3, interval=3, refresh=refresh)
+    assert len(queue) == 6  # one search (K=3 draws) at construction
+    assert torch.equal(layer.forward_mask(), fwd)
+    grad_out = torch.arange(16.0).reshape(2, 8) - 7.0
+    for i in range(1, 9):  # 8 training steps: forwards 1-3 round 0, 4-6 round 1, 7-8 round 2
+        expected = (i - 1) // 3
+        x = torch.linspace(-1.0, 1.0, 32).reshape(2, 16).requires_grad_(True)
+        layer(x).backward(grad_out)
+        assert layer.perm.tolist() == best[expected], f"forward {i}"
+        assert float(layer.perm_score) == max(scores[expected])
+        assert torch.equal(layer.backward_mask(), bwd[expected])
+        assert x.grad is not None
+        torch.testing.assert_close(x.grad, grad_out @ (w * bwd[expected]), rtol=0, atol=1e-6)
+        if refresh == "step":
+            layer.on_step()
+    assert queue == [] and int(layer.step_count) == 8  # exactly three searches: construction, step 3, step 6
+
+
+def test_keep_current_competes_with_the_new_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """keep_current: the cached order is scored with the K new ones and kept unless beaten."""
+    w = _two_cluster_weight()
+    _feed_candidates(monkeypatch, _ROUNDS)
+    base = nn.Linear(16, 8, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(w)
+    layer = BiMaskLayer(base, NMPattern(2, 4), candidates=3, interval=1, keep_current=True)
+    # the identity (current at construction) scores 32 and loses to round 0's 48
+    assert layer.perm.tolist() == _ROUNDS[0][1] and float(layer.perm_score) == 48.0
+    layer.on_step()  # round 1: the 64 beats the current 48
+    assert layer.perm.tolist() == _ROUNDS[1][2] and float(layer.perm_score) == 64.0
+    layer.on_step()  # round 2: nothing beats 64, the current order stays (keep_current=False would take a 48)
+    assert layer.perm.tolist() == _ROUNDS[1][2] and float(layer.perm_score) == 64.0
+
+
+@pytest.mark.parametrize("scorer", ["kept", "eligible", "magnitude"])
+def test_search_picks_best_of_the_random_candidates(monkeypatch: pytest.MonkeyPatch, scorer: str) -> None:
+    """With the real random candidates: the chosen order is the first best by an independent score."""
+    drawn: list[list[int]] = []
+    real_randperm = torch.randperm
+
+    def spy(count: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        out = real_randperm(count, generator=generator)
+        drawn.append(out.tolist())
+        return out
+
+    monkeypatch.setattr(torch, "randperm", spy)
+    w = torch.randn(8, 16)
+    fwd = (w.abs().reshape(8, 4, 4).argsort(-1, descending=True).argsort(-1) < 2).reshape(8, 16)
+    base = nn.Linear(16, 8, bias=False)
+    with torch.no_grad():
+        base.weight.copy_(w)
+    layer = BiMaskLayer(base, NMPattern(2, 4), candidates=6, scorer=scorer, seed=3)
+    assert len(drawn) == 6
+
+    def independent(perm: list[int]) -> float:
+        total = 0.0
+        for g in range(2):
+            rows = perm[4 * g : 4 * g + 4]
+            for c in range(16):
+                kept = sorted((abs(float(w[r, c])) for r in rows if fwd[r, c]), reverse=True)
+                if scorer == "kept":
+                    total += min(2, len(kept))
+                elif scorer == "eligible":
+                    total += len(kept) <= 2
+                else:
+                    total += sum(kept[:2])
+        return total
+
+    scores = [independent(p) for p in drawn]
+    best = max(range(6), key=lambda k: (scores[k], -k))  # first of the best
+    assert layer.perm.tolist() == drawn[best]
+    assert float(layer.perm_score) == pytest.approx(scores[best], rel=1e-6)

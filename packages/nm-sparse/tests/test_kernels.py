@@ -31,7 +31,36 @@ def test_mask_triton_matches_reference(topn_valid, n: int, m: int, dtype: torch.
     got = K.nm_mask_triton(w, n, m)
     assert got.dtype == torch.bool
     assert torch.equal(got, K.nm_mask_reference(w, n, m))
+    assert got[1, :m].tolist() == [i < n for i in range(m)]  # the tied group: the first n win
     topn_valid(w, got, n, m)
+
+
+_TIE_GROUPS: dict[int, list[list[float]]] = {
+    4: [[1, 1, 1, 1], [0.5, 1, 1, 1], [1, 0.5, 1, 0.5], [1, 1, 0.5, 2], [0, 0, 0, 0], [-0.0, 0, 3, -3]],
+    5: [[2, 2, 2, 2, 2], [1, 2, 1, 2, 1], [-1, 1, -1, 0, 0], [0, 0, 0, 0, 7], [4, -4, 4, -4, 4]],
+}
+
+
+def _topn_lower_index_by_hand(rows: list[list[float]], n: int) -> list[list[bool]]:
+    out = []
+    for row in rows:
+        keep = set(sorted(range(len(row)), key=lambda i: (-abs(row[i]), i))[:n])
+        out.append([i in keep for i in range(len(row))])
+    return out
+
+
+@pytest.mark.parametrize("path", ["reference", pytest.param("triton", marks=[pytest.mark.interpret, interpret])])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (3, 5)])
+def test_mask_exact_ties_keep_lower_index(path: str, n: int, m: int, dtype: torch.dtype) -> None:
+    """Hand-built groups of equal |w| (signs and -0.0 included): exactly n kept, the lower indices first."""
+    groups = _TIE_GROUPS[m]
+    rows = [groups, groups[::-1]]
+    w = torch.tensor([[v for g in row for v in g] for row in rows], dtype=dtype)
+    expected = torch.tensor([[k for g in _topn_lower_index_by_hand(row, n) for k in g] for row in rows])
+    got = K.nm_mask_triton(w, n, m) if path == "triton" else K.nm_mask_reference(w, n, m)
+    assert torch.equal(got, expected)
+    assert torch.equal(got.reshape(2, -1, m).sum(-1), torch.full((2, len(groups)), n))
 
 
 @pytest.mark.interpret

@@ -43,8 +43,14 @@ def test_torchvision_resnet18(method: str) -> None:
 
 def test_timm_resnet_bimask() -> None:
     model = timm.create_model("resnet10t", pretrained=False, num_classes=5)
+    convs = _convs(model)
     report = nm_sparse.sparsify(model, NMConfig(method="bimask", bimask_candidates=2))
-    assert len(report.layers) > 5 and all(s.reason for s in report.skipped)
+    assert convs[0] == "conv1.0" and len(convs) == 14
+    assert report.names == convs[1:]  # every conv but the stem (the deep stem's later convs and downsamples too)
+    assert {s.name: s.reason for s in report.skipped} == {
+        "conv1.0": "first conv kept dense",
+        "fc": "last Linear (classifier) kept dense",
+    }
     out = model(torch.randn(2, 3, 32, 32))
     out.sum().backward()
     assert nm_sparse.check(model).all_valid

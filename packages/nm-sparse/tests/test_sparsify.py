@@ -57,8 +57,11 @@ def test_non_divisible_layers_are_skipped_with_reason() -> None:
     assert reasons["narrow"] == "input features 6 not divisible by m=4"
     assert "output channels 6" in reasons["odd"]
     assert report.names == ["embed"]
-    out = model(torch.randn(2, 8))
-    assert out.shape == (2, 3)
+    x = torch.randn(2, 8)
+    embed = model.embed.base_layer
+    hidden = torch.relu(torch.nn.functional.linear(x, embed.weight * model.embed.forward_mask(), embed.bias))
+    expected = model.head(torch.relu(model.narrow(torch.relu(model.odd(hidden)))))
+    torch.testing.assert_close(model(x), expected)  # only embed is masked, the skipped layers stay dense
 
 
 def test_named_non_divisible_layer_is_an_error_and_model_untouched() -> None:

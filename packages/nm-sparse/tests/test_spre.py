@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,19 +32,28 @@ def test_forward_is_sum_of_two_masked_branches() -> None:
     expected = bn_a(F.conv2d(x, w_a * m_a, padding=1)) + bn_b(F.conv2d(x, w_b * m_a * s, padding=1))
     torch.testing.assert_close(out, expected)
     assert torch.equal(layer.spatial_mask, s)
-    assert 0 < float(s.sum()) < 9  # some positions on, some off for random weights
+    assert s.tolist() == _spatial_mask_by_definition(w_a, 2, 4)
+    assert 0 < float(s.sum()) < 9  # the draw is a useful one: some positions on, some off
 
 
 def test_gradients_main_ste_branch_masked() -> None:
     layer = _spre(decay=0.05)
-    layer(torch.randn(2, 8, 6, 6)).square().sum().backward()
-    g_a, g_b = layer.base_layer.weight.grad, layer.branch.weight.grad
-    assert g_a is not None and g_b is not None
-    m_a = layer.forward_mask()
-    branch_off = layer.branch_mask() == 0
-    assert bool((g_b[branch_off] == 0).all())  # no STE for the extra branch
-    assert bool((g_b[~branch_off] != 0).any())
-    assert bool((g_a[~m_a] != 0).all())  # SR-STE: pruned main weights still get gradient + decay
+    x = torch.randn(2, 8, 6, 6)
+    layer(x).square().sum().backward()
+    w_a, w_b = layer.base_layer.weight.detach(), layer.branch.weight.detach()
+    m_a, branch = layer.forward_mask(), layer.branch_mask()
+    # plain autograd with respect to the two masked kernels (fresh train-mode BNs = the same statistics)
+    wt_a = (w_a * m_a).requires_grad_(True)
+    wt_b = (w_b * branch).requires_grad_(True)
+    out = nn.BatchNorm2d(8)(F.conv2d(x, wt_a, padding=1)) + nn.BatchNorm2d(8)(F.conv2d(x, wt_b, padding=1))
+    out.square().sum().backward()
+    assert wt_a.grad is not None and wt_b.grad is not None
+    # main: SR-STE, the masked kernel's gradient reaches every weight, plus decay on the pruned ones
+    expected_a = wt_a.grad + 0.05 * (~m_a).float() * w_a
+    torch.testing.assert_close(layer.base_layer.weight.grad, expected_a, rtol=1e-4, atol=1e-4)
+    # extra branch: no STE, its gradient is exactly zero wherever M_a * S is off
+    torch.testing.assert_close(layer.branch.weight.grad, wt_b.grad * branch, rtol=1e-4, atol=1e-4)
+    assert 0 < float(branch.mean()) < 0.5  # M_a * S really masks: half of M_a or less
 
 
 def test_branch_gamma_zero_starts_from_main_branch() -> None:
@@ -159,15 +170,17 @@ def test_callback_refreshes_spatial_mask() -> None:
     nm_sparse.sparsify(model, NMConfig(method="spre", keep_first_dense=False))
     layer = model[0]
     assert isinstance(layer, SpReConv) and isinstance(model[1], nn.Identity)
-    with torch.no_grad():  # make only the centre tap large: S becomes the centre only
+    assert layer.spatial_mask.tolist() == _spatial_mask_by_definition(layer.base_layer.weight.detach(), 2, 4)
+    with torch.no_grad():  # make the centre and one corner large: S becomes exactly those two
         layer.base_layer.weight.mul_(0.01)
         layer.base_layer.weight[:, :, 1, 1] = 1.0 + torch.rand(8, 8)
         layer.base_layer.weight[:, :, 0, 0] = 0.5 + torch.rand(8, 8)
-    before = layer.spatial_mask.clone()
+    expected = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    assert _spatial_mask_by_definition(layer.base_layer.weight.detach(), 2, 4) == expected
+    assert layer.spatial_mask.tolist() != expected  # not refreshed yet
     callback = nm_sparse.NMSparseCallback()
     callback.on_step_end(SimpleNamespace(model=model, step=1))
-    expected = masks.spatial_mask_reference(layer.base_layer.weight, 2, 4)
-    assert torch.equal(layer.spatial_mask, expected) and not torch.equal(before, expected)
+    assert layer.spatial_mask.tolist() == expected
     assert callback.state_dict() == {"steps": 1}
 
 
@@ -188,17 +201,156 @@ def test_forward_refresh_mode_and_train_start() -> None:
             layer.base_layer.weight.mul_(0.01)
             layer.base_layer.weight[:, :, 1, 1] = 1.0
 
+    before = layer.spatial_mask.clone()
     set_centre_heavy()
-    expected = masks.spatial_mask_reference(layer.base_layer.weight, 2, 4)
+    expected = _spatial_mask_by_definition(layer.base_layer.weight.detach(), 2, 4)
+    assert expected != before.tolist()
     layer.eval()
     layer(x)
-    assert not torch.equal(layer.spatial_mask, expected)  # eval forward keeps the cached mask
+    assert torch.equal(layer.spatial_mask, before)  # eval forward keeps the cached mask
     layer.train()
+    with torch.no_grad():
+        layer(x)
+    assert torch.equal(layer.spatial_mask, before)  # so does a training-mode forward without gradients
     layer(x)
-    assert torch.equal(layer.spatial_mask, expected)  # training forward refreshed it
+    assert layer.spatial_mask.tolist() == expected  # a training forward refreshed it
     model = nn.Sequential(_spre())
     with torch.no_grad():
         model[0].base_layer.weight.mul_(0.01)
         model[0].base_layer.weight[:, :, 0, 0] = 1.0
     nm_sparse.NMSparseCallback(model).on_train_start(SimpleNamespace())
-    assert torch.equal(model[0].spatial_mask, masks.spatial_mask_reference(model[0].base_layer.weight, 2, 4))
+    assert model[0].spatial_mask.tolist() == _spatial_mask_by_definition(model[0].base_layer.weight.detach(), 2, 4)
+
+
+# --------------------------------------------------------------------------- exact ties in the spatial mask
+
+
+def _spatial_mask_by_definition(weight: Tensor, n: int, m: int) -> list[list[float]]:
+    """S in plain Python: keep the n/m largest |w| of the layer (equal |w|: lower flat index first),
+    then S(h, w) = 1 iff that position's pruned fraction is below p = 1 - n/m (exact fractions)."""
+    out_c, in_c, kh, kw = weight.shape
+    flat = weight.abs().flatten().tolist()
+    assert len(flat) * n % m == 0
+    order = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    kept = set(order[: len(flat) * n // m])
+    p = 1 - Fraction(n, m)
+    rows = []
+    for h in range(kh):
+        row = []
+        for w in range(kw):
+            count = sum(((o * in_c + i) * kh + h) * kw + w in kept for o in range(out_c) for i in range(in_c))
+            row.append(1.0 if Fraction(out_c * in_c - count, out_c * in_c) < p else 0.0)
+        rows.append(row)
+    return rows
+
+
+def _tied_threshold_weight(low_pairs_at: tuple[int, int]) -> Tensor:
+    """[4, 4, 3, 3] for 1:4 (keep 36 of 144): 28 clear winners, then 16 entries tied at |w| = 1
+    for the last 8 places: pairs (out*4 + in) 0-7 tie at ``low_pairs_at``, pairs 8-15 at the
+    mirrored corner. Lower flat index first means pairs 0-7 win all 8 places."""
+    w = torch.full((16, 3, 3), 0.01)
+    w[:, 1, 1] = 3.0  # centre: all 16 kept
+    w[:12, 0, 2] = 2.0  # top-right: 12 kept
+    high = (2 - low_pairs_at[0], 2 - low_pairs_at[1])
+    w[:8, low_pairs_at[0], low_pairs_at[1]] = 1.0
+    w[8:, high[0], high[1]] = 1.0
+    signs = torch.where(torch.arange(16 * 9).reshape(16, 3, 3) % 5 == 0, -1.0, 1.0)
+    return (w * signs).reshape(4, 4, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("low", "expected"),
+    [
+        ((0, 0), [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+        ((2, 2), [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+    ],
+)
+def test_spatial_mask_ties_at_threshold_go_to_lower_flat_index(low: tuple[int, int], expected: list) -> None:
+    """Item 6: ties for the last kept places are filled in flat index order, lowest first."""
+    w = _tied_threshold_weight(low)
+    assert _spatial_mask_by_definition(w, 1, 4) == expected
+    assert masks.spatial_mask_reference(w, 1, 4).tolist() == expected
+    kept = masks.unstructured_mask(w, 0.25)
+    assert int(kept.sum()) == 36  # the count is exact, ties included
+    assert torch.equal(kept.reshape(16, 9)[:8, low[0] * 3 + low[1]], torch.ones(8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (2, 8), (3, 5), (1, 3), (2, 3), (3, 7)])
+def test_spatial_mask_position_exactly_at_p_is_off(n: int, m: int) -> None:
+    """Item 6: S(h, w) = [s(h, w) < p] is strict and exact for every pattern.
+
+    Each position has 2m (out, in) pairs; position 0 keeps 2n+1, position 1 keeps 2n-1 and the
+    rest exactly 2n, i.e. sparsity exactly p (a float comparison switched those on for m = 3, 5, 7).
+    """
+    counts = [2 * n + 1, 2 * n - 1] + [2 * n] * 7
+    pairs = 2 * m
+    w = torch.empty(pairs, 9)
+    for pos, count in enumerate(counts):  # distinct magnitudes: no threshold ties here
+        for pair in range(pairs):
+            w[pair, pos] = (10.0 if pair < count else 0.0) + 0.001 * (pair * 9 + pos + 1)
+    w = w.reshape(2, m, 3, 3)
+    expected = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    assert _spatial_mask_by_definition(w, n, m) == expected
+    assert masks.spatial_mask_reference(w, n, m).tolist() == expected
+
+
+def _tied_groups_weight() -> Tensor:
+    """[4, 8, 3, 3]: every group of 4 input channels is one of four tie patterns, scaled per
+    position (centre 4, cross 2, corners 1) so that S is the centre and the cross."""
+    patterns = [[1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 1.0, 1.0], [1.0, 0.5, 1.0, 0.5], [1.0, 1.0, 0.5, 2.0]]
+    scale = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+    w = torch.empty(4, 8, 3, 3)
+    for o in range(4):
+        for g in range(2):
+            w[o, 4 * g : 4 * g + 4] = torch.tensor(patterns[(o + g) % 4])[:, None, None] * scale
+    return w * torch.where(torch.arange(8) % 2 == 0, 1.0, -1.0)[None, :, None, None]
+
+
+def _nm_mask_by_hand(weight: Tensor, n: int, m: int) -> Tensor:
+    """N:M along the input channels at each (out, h, w): n largest |w|, equal ones to the lower channel."""
+    out = torch.zeros(weight.shape, dtype=torch.bool)
+    out_c, in_c, kh, kw = weight.shape
+    for o in range(out_c):
+        for h in range(kh):
+            for x in range(kw):
+                for g in range(in_c // m):
+                    chans = range(g * m, (g + 1) * m)
+                    for i in sorted(chans, key=lambda i: (-abs(float(weight[o, i, h, x])), i))[:n]:
+                        out[o, i, h, x] = True
+    return out
+
+
+@pytest.mark.parametrize("path", ["reference", pytest.param("triton", marks=pytest.mark.interpret)])
+def test_spre_branch_mask_with_tied_groups(path: str) -> None:
+    """Item 6: M_a on tied groups keeps exactly n, the lower channels first; the branch is M_a * S.
+
+    ``triton`` runs the N:M mask through the Triton kernel (TRITON_INTERPRET=1 on CPU tensors).
+    """
+    w = _tied_groups_weight()
+    expected_main = _nm_mask_by_hand(w, 2, 4)
+    # the tie patterns [1,1,1,1] / [.5,1,1,1] / [1,.5,1,.5] / [1,1,.5,2] keep channels 0,1 / 1,2 / 0,2 / 3,0
+    assert expected_main[0, :4, 1, 1].tolist() == [True, True, False, False]
+    assert expected_main[1, :4, 1, 1].tolist() == [False, True, True, False]
+    assert expected_main[2, :4, 1, 1].tolist() == [True, False, True, False]
+    assert expected_main[3, :4, 1, 1].tolist() == [True, False, False, True]
+    expected_s = _spatial_mask_by_definition(w, 2, 4)
+    assert expected_s == [[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]]
+    layer = _spre(cin=8, cout=4)
+    with torch.no_grad():
+        layer.base_layer.weight.copy_(w)
+    layer.refresh_spatial_mask()
+    assert layer.spatial_mask.tolist() == expected_s
+    if path == "triton":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs TRITON_INTERPRET=1")
+        pytest.importorskip("triton")
+        from nm_sparse.kernels import nm_mask_triton
+
+        main = masks.from_gemm_matrix(nm_mask_triton(masks.to_gemm_matrix(w, "cin"), 2, 4), w.shape, "cin")
+    else:
+        main = layer.forward_mask()
+    assert torch.equal(main, expected_main)
+    assert torch.equal(masks.to_gemm_matrix(main, "cin").reshape(4, -1, 4).sum(-1), torch.full((4, 18), 2))
+    branch = layer.branch_mask(main)
+    assert torch.equal(branch, expected_main.float() * torch.tensor(expected_s))
+    assert int(branch.sum()) == 4 * 2 * 2 * 5  # 4 out x 2 groups x 2 kept x 5 active positions

@@ -35,9 +35,17 @@ def test_small_resnet_sparsifies_at_1_16(method: str) -> None:
 
 def test_load_model_by_name() -> None:
     assert isinstance(load_model("small_resnet"), SmallResNet)
+    import timm
+
+    torch.manual_seed(1)
     timm_model = load_model("resnet18", num_classes=4, in_chans=1).eval()
-    assert timm_model(torch.randn(1, 1, 32, 32)).shape == (1, 4)
+    torch.manual_seed(1)
+    direct = timm.create_model("resnet18", pretrained=False, num_classes=4, in_chans=1).eval()
+    assert type(timm_model) is type(direct)  # a bare name is timm's model, built with these arguments
+    assert all(torch.equal(a, b) for a, b in zip(timm_model.state_dict().values(), direct.state_dict().values()))
     tv_model = load_model("tv/resnet18", num_classes=5, in_chans=1).eval()
+    assert type(tv_model).__module__.startswith("torchvision.")
+    assert (tv_model.conv1.in_channels, tv_model.fc.out_features) == (1, 5)
     assert tv_model(torch.randn(1, 1, 32, 32)).shape == (1, 5)
     with pytest.raises(BadInputError):
         load_model("no_such_model_xyz")

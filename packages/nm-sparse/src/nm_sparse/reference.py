@@ -174,11 +174,16 @@ def spatial_mask_reference(weight: Tensor, n: int, m: int) -> Tensor:
     ``U`` = layer-wise magnitude mask of the dense ``weight`` at sparsity ``p = 1 - n/m``;
     ``s(h, w)`` = fraction of ``U`` pruned at position ``(h, w)`` over all (out, in) pairs;
     ``S(h, w) = s(h, w) < p``. Returned as a float tensor of shape ``weight.shape[2:]``.
+
+    Ties are exact and deterministic: equal ``|w|`` at ``U``'s threshold are kept in flat
+    (row-major ``[out, in, kh, kw]``) index order, lowest first (:func:`unstructured_mask`),
+    and ``s < p`` is decided in integers (``kept * m > n * out * in``), so a position whose
+    sparsity is exactly ``p`` is off for every pattern (a float comparison turns it on for
+    m = 3, 5, 7, ... through rounding).
     """
-    p = 1.0 - n / m
-    kept = unstructured_mask(weight, n / m).float()
-    pos_sparsity = 1.0 - kept.mean(dim=(0, 1))
-    return (pos_sparsity < p).to(weight.dtype)
+    kept = unstructured_mask(weight, n / m).sum(dim=(0, 1))  # int64 count per position
+    pairs = weight.shape[0] * weight.shape[1]
+    return (kept * m > n * pairs).to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- Bi-Mask
