@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -23,9 +24,11 @@ def test_narrow_all_and_version():
     for t in REGISTRY.config_types:
         assert t.__name__ in token_rate.__all__
     assert token_rate.__version__ == "0.2.0"
-    # 0.1 names stay importable from the package root and their modules
-    assert callable(token_rate.model_dims) and callable(token_rate.get_context)
-    assert callable(token_rate.counted_gmacs) and token_rate.ViTDims is not None
+    # 0.1 names stay importable from the package root: the very objects of their modules
+    patch_module = importlib.import_module("token_rate.patch")
+    assert token_rate.model_dims is patch_module.model_dims and token_rate.get_context is patch_module.get_context
+    assert token_rate.counted_gmacs is importlib.import_module("token_rate.model_flops").counted_gmacs
+    assert token_rate.ViTDims is importlib.import_module("token_rate.flops").ViTDims
 
 
 def test_registry_dispatches_each_config_to_its_method_file():
@@ -49,6 +52,7 @@ def test_entry_returns_same_model_and_undo_restores_exactly(method):
     assert isinstance(model._token_rate, TokenRateContext)
     with torch.no_grad():
         assert model(x).shape == ref.shape
+    assert token_rate.last_token_counts(model) == {"tome": [13, 9, 5], "diffrate": [15, 12, 8]}[method]
     assert api.unpatch(model) is model
     assert {name: type(m) for name, m in model.named_modules()} == original_classes
     assert not any(type(m).__module__.startswith("token_rate") for m in model.modules())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -40,8 +42,11 @@ def test_keep_probability_and_mask():
     assert keep[0].item() == pytest.approx(1.0) and (keep[1:] <= keep[:-1] + 1e-7).all()
     mask = d.token_mask(17, k=9, active=13)
     assert mask.detach().tolist() == [1.0] * 9 + [0.0] * 4 + [1.0] * 4
+    # The mask's gradient is exactly that of the keep-probabilities P_j (straight-through).
+    (expect_grad,) = torch.autograd.grad(expect[9:13].sum(), d.logits)
     mask[9:13].sum().backward()
-    assert d.logits.grad is not None and d.logits.grad.abs().sum() > 0
+    assert expect_grad.abs().sum() > 0
+    torch.testing.assert_close(d.logits.grad, expect_grad)
 
 
 def test_search_gradient_reaches_compressing_logits(timm_model, images):
@@ -71,10 +76,18 @@ def test_search_flops_gradient_and_export(timm_model):
     assert g.item() == pytest.approx(token_rate.gmacs(model), rel=1e-6)
     ((g - 0.0) ** 2).backward()
     ddp = model.token_rate_ddp
-    for i in (1, 2):
-        assert ddp.prune[i].logits.grad.abs().sum() > 0 and ddp.merge[i].logits.grad.abs().sum() > 0
     sched = token_rate.export_schedule(model, name="found")
     assert sched.prune == [17, 11, 11] and sched.merge == [17, 11, 11]
+    # Exact gradient. Uniform logits over candidates c = 16, 12, 8, 4: E = 10, kept k = ceil(E) + 1 = 11
+    # (straight-through: dk/dlogit_j = p_j (c_j - E)). The straight-through min hands dGMACs/dk to both
+    # the prune and the merge count of a block: its own MLP (8 C^2) plus, but for the last block, the
+    # next block's attention (4 C^2 + 4 k C).
+    c = 64
+    dk_dlogits = torch.tensor([16.0, 12.0, 8.0, 4.0]).sub(10.0).div(4.0)
+    for i, dgmacs_dk in ((1, 8 * c * c + 4 * c * c + 4 * 11 * c), (2, 8 * c * c)):
+        expect = 2 * g.detach() * dgmacs_dk / 1e9 * dk_dlogits
+        torch.testing.assert_close(ddp.prune[i].logits.grad, expect)
+        torch.testing.assert_close(ddp.merge[i].logits.grad, expect)
     assert token_rate.current_token_counts(model) == sched.effective()
 
 
@@ -102,8 +115,12 @@ def test_search_eval_mode_slices(timm_model, images):
     assert model.token_rate_ddp.fixed_blocks == (0, 2)  # avg pool: last block fixed too
     with torch.no_grad():
         out = model(images)
-    assert out.shape == (2, 10)
-    assert token_rate.last_token_counts(model) == token_rate.export_schedule(model).effective()
+    sched = token_rate.export_schedule(model)
+    assert token_rate.last_token_counts(model) == sched.effective()
+    # eval-mode search slices exactly like the fixed schedule it would export
+    fixed = token_rate.patch(copy.deepcopy(model), DiffRateConfig(schedule=sched))
+    with torch.no_grad():
+        assert torch.equal(fixed(images), out)
     token_rate.unpatch(model)
     assert "token_rate_ddp" not in dict(model.named_modules())
     assert all(p.requires_grad for p in model.parameters())
@@ -158,8 +175,13 @@ def test_search_masking_can_be_forced_in_eval_mode(timm_model, images):
     token_rate.patch(model, SearchConfig())
     token_rate.set_search_masking(model, True)  # eval-mode backbone, differentiable masks
     out = model(images)
-    assert out.shape == (2, 10)
-    assert token_rate.get_context(model).state.mask is not None  # constant length, masked keys
+    mask = token_rate.get_context(model).state.mask  # constant length, masked keys
+    assert mask is not None and mask.shape == (2, 17)
+    assert (mask > 0.5).sum(dim=1).tolist() == [token_rate.last_token_counts(model)[-1]] * 2
+    model.train()  # the model has no dropout: forced masking in eval == the training-mode search
+    with torch.no_grad():
+        assert torch.equal(model(images), out.detach())
+    model.eval()
     out.square().mean().backward()
     assert model.token_rate_ddp.prune[1].logits.grad.abs().sum() > 0
     token_rate.set_search_masking(model, None)
@@ -183,7 +205,8 @@ def test_search_keeps_similarity_scaled_sizes_on_merged_away_tokens(timm_model, 
     assert st.mask is not None and st.size is not None
     kept = st.mask > 0.5
     n_kept = kept.sum(dim=1)
-    assert bool((n_kept < 17).all()) and n_kept[0] == n_kept[1]  # block 1 merged (warm start ~9-10)
+    active = token_rate.last_token_counts(model)[-1]
+    assert active < 17 and n_kept.tolist() == [active, active]  # block 1 merged (warm start ~9-10)
     size = st.size[..., 0]
     gained = (size * kept).sum(dim=1) - n_kept.float()  # every kept token started at size 1
     carried = (size * ~kept).sum(dim=1)

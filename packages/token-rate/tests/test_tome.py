@@ -69,8 +69,7 @@ def test_tome_with_layerscale_and_sizes(timm_model, images):
     model = timm_model("deit3_layerscale")
     token_rate.patch(model, ToMeConfig(r=[3, 2, 2], trace_source=True))
     with torch.no_grad():
-        out = model(images)
-    assert torch.isfinite(out).all()
+        model(images)  # the output itself is checked against a reference in test_block_reference.py
     assert token_rate.last_token_counts(model) == [14, 12, 10]
     src = token_rate.token_source(model)
     assert torch.equal(src.sum(dim=1), torch.ones(2, 17))
@@ -81,8 +80,8 @@ def test_tome_on_hf(hf_model, hf_out, images):
     model = hf_model("classifier")
     token_rate.patch(model, ToMeConfig(r=4))
     with torch.no_grad():
-        assert hf_out(model, images).shape == (2, 10)
-    assert token_rate.last_token_counts(model) == [13, 9, 5]
+        hf_out(model, images)  # the output itself is checked against a reference in test_block_reference.py
+    assert token_rate.last_token_counts(model) == [13, 9, 5] == token_rate.current_token_counts(model)
 
 
 def test_tome_avg_pool_is_size_weighted(timm_model, images):

@@ -60,7 +60,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float, size: Tensor | None
         else:
             attn = logits.softmax(dim=-1)
         if want_importance:
-            importance = _importance_from(attn, has_class_token, num_prefix)
+            importance = _importance_from(attn, has_class_token, num_prefix, mask)
         if dropout_p > 0.0:
             attn = F.dropout(attn, p=dropout_p)
         return attn @ v, importance
@@ -104,7 +104,14 @@ def head_mean(k: Tensor) -> Tensor:
     return acc.div_(heads)
 
 
-def _importance_from(attn: Tensor, has_class_token: bool, num_prefix: int) -> Tensor:
+def _importance_from(attn: Tensor, has_class_token: bool, num_prefix: int, mask: Tensor | None = None) -> Tensor:
+    """Sort key from the attention matrix. Without a class token: the attention each token receives,
+    averaged over heads and the *active* queries only, so search mode (masked rows still in the
+    sequence) ranks tokens exactly as the sliced inference model, which has no such rows."""
     if has_class_token:
         return attn[:, :, 0, num_prefix:].mean(dim=1).detach()
-    return attn.mean(dim=(1, 2))[:, num_prefix:].detach()
+    if mask is None:
+        return attn.mean(dim=(1, 2))[:, num_prefix:].detach()
+    rows = mask.to(attn.dtype)[:, None, :, None]  # [B, 1, N, 1]: which queries count
+    received = (attn * rows).sum(dim=2).mean(dim=1) / rows.sum(dim=2)[:, :, 0]
+    return received[:, num_prefix:].detach()

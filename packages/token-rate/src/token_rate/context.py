@@ -16,6 +16,9 @@ The compression step runs between the attention residual and the MLP of every bl
 * ToMe: bipartite soft matching with ``r`` merges (the ``token_merge`` function
   :mod:`token_rate.tome` hands over, so this module does not import the method modules).
 
+Outside search-mode masking, each block checks that the tokens it hands on are the count the reported
+GMACs assume (:meth:`Schedule.effective`'s running minimum, ToMe's capped ``r``) and raises otherwise.
+
 Deliberate differences from the official code, none of which changes which tokens survive: a block
 that compresses nothing skips the sort (the official code re-sorts every block, which only permutes
 tokens), and similarity-scaled sizes are clamped at 0 outside training so that ``log(size)`` stays
@@ -127,25 +130,41 @@ class TokenRateContext:
     def compress(self, x: Tensor, index: int, importance: Tensor | None, metric: Tensor | None,
                  training: bool) -> Tensor:
         st = self.state
-        if self.method == "tome":
-            if metric is not None:
-                assert self.r is not None and self.token_merge is not None
-                x, st.size, st.source = self.token_merge(x, metric, self.r[index], self.info.num_prefix_tokens,
-                                                        st.size, st.source)
-            st.counts.append(x.shape[1])
-            st.active = x.shape[1]
-            return x
         if self.searching(training):
             if importance is not None:
                 x = self._search_step(x, index, importance, training)
             st.counts.append(st.active)
             return x
-        if importance is not None:
+        n_in = x.shape[1]
+        if self.method == "tome":
+            if metric is not None:
+                assert self.r is not None and self.token_merge is not None
+                x, st.size, st.source = self.token_merge(x, metric, self.r[index], self.info.num_prefix_tokens,
+                                                        st.size, st.source)
+        elif importance is not None:
             kp, km = self.hard_counts(index)
             x = self._slice_step(x, importance, kp, km, training)
+        self._check_count(index, n_in, x.shape[1])
         st.counts.append(x.shape[1])
         st.active = x.shape[1]
         return x
+
+    def _expected_count(self, index: int, n_in: int) -> int:
+        """Tokens block ``index`` hands on when ``n_in`` enter it, by the rule the reported GMACs count:
+        the running ``min(current, prune, merge)`` of :meth:`Schedule.effective`, or ToMe's ``r``
+        capped at half the unprotected tokens (:func:`token_rate.flops.tome_token_counts`)."""
+        if self.method == "tome":
+            assert self.r is not None
+            return n_in - min(self.r[index], (n_in - self.info.num_prefix_tokens) // 2)
+        kp, km = self.hard_counts(index)
+        return min(n_in, kp, km)
+
+    def _check_count(self, index: int, n_in: int, n_out: int) -> None:
+        """The tokens a block really kept must be what the cost model counts (never diverge silently)."""
+        expected = self._expected_count(index, n_in)
+        if n_out != expected:
+            raise RuntimeError(f"token-rate: block {index} kept {n_out} of {n_in} tokens, but its {self.method} "
+                               f"settings (and the reported GMACs) say {expected}")
 
     def _sort(self, importance: Tensor, keep: int, stable_mask: Tensor | None = None) -> Tensor:
         """Indices (into the full sequence) of the ``keep`` most important patch tokens, best first."""

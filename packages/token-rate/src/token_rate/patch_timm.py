@@ -143,6 +143,8 @@ class TimmModelMixin:
                 denom = denom.detach()
             avg = (xs * w).sum(dim=1) / denom
             if pool_type == "avgmax":
-                return 0.5 * (xs.amax(dim=1) + avg)
+                # Search mode: masked tokens are not in the sliced model, so they cannot win the max.
+                peak = xs if st.mask is None else xs.masked_fill(st.mask[:, start:, None] <= 0.5, float("-inf"))
+                return 0.5 * (peak.amax(dim=1) + avg)
             return avg
         return super().pool(x, pool_type)  # type: ignore[misc,no-any-return]
