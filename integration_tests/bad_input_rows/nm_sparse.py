@@ -82,6 +82,17 @@ ROWS: list[BadInput] = [
         folder_at("imgs", "a/x.png"),
     ),
     BadInput(
+        "train-val-data-with-crops",
+        [*TRAIN, "--data", "crops", "--val-data", "{tmp}/imgs", "-o", "{tmp}/r"],
+        "--val-data needs --data to be an image folder (crops has its own held-out split)",
+        folder_at("imgs", "a/x.png"),
+    ),
+    BadInput(
+        "train-cluttered-digits-image-size-too-small",
+        [*TRAIN, "--data", "cluttered-digits", "--image-size", "4", "-o", "{tmp}/r"],
+        "image size must be >= 8 for cluttered-digits",
+    ),
+    BadInput(
         "train-include-matches-nothing",
         [*TRAIN, "--include", "nothing.*", "-o", "{tmp}/r"],
         "matches no Linear/Conv layer",

@@ -83,6 +83,8 @@ ROWS: list[BadInput] = [
     BadInput("eval-batch-size-zero", [TR, "eval", *M, "--batch-size", "0"], expect="--batch-size must be >= 1"),
     BadInput("eval-data-missing", [TR, "eval", *M, "--data", "{tmp}/val"], expect="not found"),
     BadInput("eval-data-empty", [TR, "eval", *M, "--data", "{tmp}/val"], expect="is empty", setup=folder_at("val")),
+    BadInput("eval-data-unknown-name", [TR, "eval", *M, "--data", "crop"],
+             expect="--data must be one of digits, crops, cluttered-digits or an image folder; not found: crop"),
     BadInput("eval-data-is-a-file", [TR, "eval", *M, "--data", "{tmp}/val"], expect="is a file, expected a folder",
              setup=file_at("val")),
     BadInput("eval-schedule-token-mismatch", [TR, "eval", *M, "--schedule", "deit_small@2.9"],

@@ -1,8 +1,11 @@
 """Offline data: datasets that ship inside wheels, plus users' own image folders.
 
 Nothing here downloads. ``digits`` is scikit-learn's 1,797 labelled 8x8 digits,
-optionally upsampled so a ViT gets dozens of patches; ``sample_images`` are
-scikit-image's bundled photos; ``image_folder`` reads class subfolders.
+optionally upsampled so a ViT gets dozens of patches; ``crops`` and ``cluttered-digits``
+are harder 32x32 RGB benchmark sets generated from bundled data and cached on disk
+(:mod:`slimkit.datasets`); ``sample_images`` are scikit-image's bundled photos;
+``image_folder`` reads class subfolders. :func:`resolve_dataset` maps a CLI ``--data``
+value (a name in :data:`DATASETS` or a folder) to a dataset.
 """
 
 from __future__ import annotations
@@ -16,9 +19,36 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from slimkit.datasets import (
+    CLUTTERED_DIGITS,
+    CROPS,
+    GENERATED,
+    ImageSet,
+    cluttered_digits,
+    generated_set,
+    natural_crops,
+    resized,
+)
 from slimkit.errors import BadInputError
 
-DATASETS = ("digits",)
+__all__ = [
+    "DATASETS",
+    "IMAGE_SUFFIXES",
+    "ImageFolder",
+    "ImageSet",
+    "cluttered_digits",
+    "digits",
+    "image_folder",
+    "image_to_tensor",
+    "natural_crops",
+    "read_image",
+    "resolve_dataset",
+    "sample_images",
+    "stratified_split",
+]
+
+#: Names a CLI's ``--data`` takes besides a folder: the bundled digits and the generated sets.
+DATASETS: tuple[str, ...] = ("digits", CROPS, CLUTTERED_DIGITS)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _SPLITS = ("train", "val", "all")
 
@@ -158,9 +188,28 @@ def image_folder(path: str | os.PathLike[str], image_size: int, channels: int = 
 
 
 def resolve_dataset(
-    spec: str, split: str = "train", image_size: int = 32, channels: int = 3, seed: int = 0
+    spec: str,
+    split: str = "train",
+    image_size: int = 32,
+    channels: int = 3,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset[tuple[torch.Tensor, int]]:
-    """``"digits"`` (bundled, split by ``split``) or a folder path (used whole)."""
+    """A name in :data:`DATASETS` (split by ``split``) or a folder path (used whole).
+
+    ``digits`` has ``train``/``val``/``all``; the generated sets (``crops``, ``cluttered-digits``,
+    default parameters) have ``train``/``val``/``test``/``all``, made at ``image_size`` up to 64
+    pixels and resized per item above that; their cache lives in ``cache_dir``
+    (default ``$SLIMKIT_CACHE`` or ``~/.cache/slimkit``).
+    """
     if spec == "digits":
+        if split == "test":
+            raise BadInputError("digits has no test split (use train, val or all); crops and cluttered-digits do")
         return digits(split=split, size=image_size, channels=channels, seed=seed)  # type: ignore[return-value]
+    if spec in GENERATED:
+        if image_size < 8:
+            raise BadInputError(f"image size must be >= 8 for {spec}, got {image_size}")
+        native = min(image_size, 64)
+        data = generated_set(spec, split, channels=channels, seed=seed, cache_dir=cache_dir, size=native)
+        return resized(data, image_size)  # type: ignore[return-value]
     return image_folder(spec, image_size, channels)

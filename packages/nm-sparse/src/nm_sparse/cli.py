@@ -51,7 +51,7 @@ from nm_sparse.reference import LAYOUTS, SCORERS
 from nm_sparse.sweep import accuracy_table
 from nm_sparse.zoo import load_model
 from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
-from slimkit.data import digits, image_folder
+from slimkit.data import DATASETS, image_folder, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, load_json, load_state_dict, save_json
 from slimkit.paths import OUTPUT_MARKER, check_input_dir, check_output_dir, check_output_file, claim_output_dir
@@ -161,11 +161,14 @@ def _check_train_options(args: argparse.Namespace) -> None:
 def _datasets(args: argparse.Namespace, image_size: int, channels: int) -> tuple[Any, Any]:
     train_set: Any
     val_set: Any
-    if args.data == "digits":
+    if args.data in DATASETS:
         if args.val_data is not None:
-            raise BadInputError("--val-data needs --data to be an image folder (digits has its own held-out split)")
-        train_set = digits("train", size=image_size, channels=channels, seed=args.seed)
-        val_set = digits("val", size=image_size, channels=channels, seed=args.seed)
+            raise BadInputError(
+                f"--val-data needs --data to be an image folder ({args.data} has its own held-out split)"
+            )
+        # digits: the stratified train/val split; crops, cluttered-digits: generated (cached) train/val splits
+        train_set = resolve_dataset(args.data, "train", image_size, channels, args.seed)
+        val_set = resolve_dataset(args.data, "val", image_size, channels, args.seed)
         return train_set, val_set
     check_input_dir(args.data, "--data folder")
     if args.val_data is not None:
@@ -240,7 +243,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     legacy = _check_train_output(out)
     builtin = args.model.startswith("small_resnet")
-    image_size = args.image_size or (8 if builtin else 32)
+    generated = args.data in DATASETS and args.data != "digits"  # crops, cluttered-digits: 32x32 RGB
+    image_size = args.image_size or (8 if builtin and not generated else 32)
     channels = args.channels or (1 if builtin and args.data == "digits" else 3)
     train_config = TrainConfig(
         output_dir=str(out),
@@ -504,9 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default="small_resnet", help="small_resnet, small_resnet_wide, or a timm/torchvision name"
     )
-    p.add_argument("--data", default="digits", help="'digits' (bundled) or an image folder with class subfolders")
-    p.add_argument("--val-data", default=None, help="validation image folder (digits: its own held-out split)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: 8 for small_resnet, else 32)")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help=f"{', '.join(DATASETS)} (bundled / generated offline, see slimkit.data) or an image folder with "
+        "class subfolders",
+    )
+    p.add_argument("--val-data", default=None, help="validation image folder (named sets: their own held-out split)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size (default: 32 on crops/cluttered-digits, else 8 for small_resnet, else 32)",
+    )
     p.add_argument(
         "--channels",
         type=int,
@@ -514,9 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=(1, 3),
         help="input channels (default: 1 on digits with small_resnet, else 3)",
     )
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="default: 10 for digits, else the folder's class count"
-    )
+    p.add_argument("--num-classes", type=int, default=None, help="default: the data set's (or folder's) class count")
     p.add_argument("--output", "-o", default="nm-sparse-run", help="run folder (default: nm-sparse-run)")
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")

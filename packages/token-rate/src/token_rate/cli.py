@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
-from slimkit.data import read_image, resolve_dataset, sample_images
+from slimkit.data import DATASETS, read_image, resolve_dataset, sample_images
 from slimkit.errors import BadInputError
 from slimkit.io import save_json
 from slimkit.paths import check_input_dir, check_input_file, check_output_dir, check_output_file, claim_output_dir
@@ -139,11 +139,11 @@ def _compression_config(args: argparse.Namespace) -> DiffRateConfig | ToMeConfig
 
 def _dataset(spec: str, split: str, model: nn.Module, seed: int, labelled: bool = True) -> Any:
     size, chans = input_spec(model)
-    if spec == "digits":
+    if spec in DATASETS:  # digits, or a generated set (crops, cluttered-digits) made at the model's input size
         return resolve_dataset(spec, split=split, image_size=size, channels=chans, seed=seed)
     path = Path(spec)
     if not path.exists():
-        raise BadInputError(f"--data must be 'digits' or an image folder; not found: {spec}")
+        raise BadInputError(f"--data must be one of {', '.join(DATASETS)} or an image folder; not found: {spec}")
     check_input_dir(path, "--data folder")
     if not labelled:
         has_classes = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_common(sub.add_parser("search", help="search a DiffRate schedule for a GMACs target"))
     _add_model(p)
     p.add_argument(
-        "--data", default="digits", help="'digits' or an image folder (class subfolders unless --label-free)"
-    )
+        "--data", default="digits",
+        help=f"{', '.join(DATASETS)} (train split) or an image folder (class subfolders unless --label-free)",
+    )  # fmt: skip
     p.add_argument("--target-gmacs", type=float, default=None)
     p.add_argument("--target-ratio", type=float, default=None, help="target as a fraction of the model's GMACs")
     p.add_argument("--output", required=True, help="schedule JSON to write")
@@ -416,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_common(sub.add_parser("eval", help="top-1 accuracy on a labelled folder or the digits"))
     _add_model(p)
     _add_compression(p)
-    p.add_argument("--data", default="digits", help="'digits' (held-out split) or a folder of class subfolders")
+    p.add_argument("--data", default="digits",
+                   help=f"{', '.join(DATASETS)} (held-out val split) or a folder of class subfolders")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(func=cmd_eval)
 
