@@ -1,4 +1,5 @@
-"""Repository-wide pytest hooks: auto-skip GPU tests without CUDA, make slow tests opt-in."""
+"""Repository-wide pytest hooks: auto-skip GPU tests without CUDA, make slow tests opt-in, and keep
+generated data sets in one cache per test session (never the user's ``~/.cache``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ import torch
 # CPU interpreter (kernels are built lazily, so setting it here, before collection, is in time).
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One cache folder for ``slimkit.datasets`` per session: a set any test builds is built once."""
+    os.environ["SLIMKIT_CACHE"] = str(tmp_path_factory.mktemp("slimkit-cache"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

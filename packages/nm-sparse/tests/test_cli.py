@@ -274,3 +274,16 @@ def test_resume_accepts_a_0_1_run_json(trained_run: Path, tmp_path: Path, capsys
     )  # fmt: skip
     assert code == 0, err
     assert out is not None and out["steps"] == 8
+
+
+def test_table_on_a_generated_set_uses_its_test_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys, "table", "--data", "crops", "--methods", "dense", "--patterns", "2:4", "--seeds", "0",
+        "--steps", "1", "--output", str(tmp_path / "t"), "--json",
+    )  # fmt: skip
+    assert code == 0 and out is not None
+    assert (out["data"], out["eval_split"]) == ("crops", "test")
+    assert "--data crops" in out["command"]
+    (acc,) = out["rows"][0]["top1"]
+    assert acc * 2000 == pytest.approx(round(acc * 2000), abs=1e-6)  # a share of the 2,000 test crops
+    assert (tmp_path / "t" / "table.md").read_text().startswith("crops (test) top-1 (%)")

@@ -11,6 +11,7 @@ import token_rate
 from slimkit.data import digits
 from slimkit.errors import BadInputError, CorruptFileError
 from token_rate import ToMeConfig, load_schedule
+from token_rate.bench import matched_tome_r
 from token_rate.cli import main
 from token_rate.flops import analytic_macs, tome_token_counts
 from token_rate.models import digits_vit, load_model, read_checkpoint, save_trained
@@ -282,3 +283,31 @@ def test_existing_json_output_is_replaced(capsys, tmp_path):
     _json(capsys, "bench", "--model", "digits_vit", "--tome-r", "4", "--batch-size", "2", "--warmup", "0",
           "--repeats", "1", "--output", str(out))
     assert json.loads(out.read_text())["rows"][0]["name"] == "baseline"
+
+
+def test_table_cells_and_matching(capsys, tmp_path):
+    """Every cell present, ToMe matched to the budget, means over the seeds, files = the report."""
+    res = _json(
+        capsys, "table", "--seeds", "5,6", "--ratios", "0.5", "--train-steps", "2", "--batch-size", "16",
+        "--search-steps", "1", "--search-batch-size", "8", "--output", str(tmp_path / "t"),
+    )  # fmt: skip
+    assert (res["data"], res["eval_split"], res["seeds"], res["ratios"]) == ("digits", "val", [5, 6], [0.5])
+    assert res["command"].startswith("token-rate table --data digits --seeds 5,6 --ratios 0.5 --train-steps 2 ")
+    rows = {(r["variant"], r["budget"]): r for r in res["rows"]}
+    assert list(rows) == [("uncompressed", 1.0), ("diffrate", 0.5), ("diffrate_warm", 0.5), ("tome", 0.5)]
+    assert rows[("uncompressed", 1.0)]["gmacs_ratio"] == 1.0
+    assert len(res["runs"]) == 2 * 4
+    dims = model_dims(digits_vit())
+    r = matched_tome_r(dims, 0.5 * analytic_macs(dims) / 1e9)
+    assert rows[("tome", 0.5)]["tome_r"] == [r, r]
+    tome_g = analytic_macs(dims, tome_token_counts(dims, [r] * dims.depth)) / analytic_macs(dims)
+    assert rows[("tome", 0.5)]["gmacs_ratio"] == pytest.approx(tome_g, rel=1e-6)
+    for row in res["rows"]:
+        top1 = torch.tensor(row["top1"], dtype=torch.float64)
+        assert row["top1_mean"] == pytest.approx(top1.mean().item(), abs=1e-12)
+        assert row["top1_std"] == pytest.approx(top1.std().item(), abs=1e-12)
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["rows"] == res["rows"]
+    assert (tmp_path / "t" / "table.md").read_text().strip() == res["markdown"]
+    assert len(res["markdown"].splitlines()) == 2 + 4
+    code, _, err = _run(capsys, "table", "--ratios", "0.5,1.2")
+    assert code == 2 and err.strip().endswith("--ratios must each be in (0, 1), got 1.2")

@@ -445,6 +445,7 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
         patterns,
         seeds,
         model=args.model,
+        data=args.data,
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -558,8 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
     p.set_defaults(func=_run_bench)
 
-    p = add_common(sub.add_parser("table", help="digits top-1 table over methods, patterns and seeds"))
+    p = add_common(sub.add_parser("table", help="top-1 table over methods, patterns and seeds on one offline set"))
     p.add_argument("--methods", default="dense,unstructured,asp,srste,spre,bimask")
+    p.add_argument("--data", default="digits", choices=DATASETS,
+                   help="digits (val split) or a generated set, crops / cluttered-digits (test split)")
     p.add_argument("--patterns", default="2:4,1:4")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--model", default="small_resnet")

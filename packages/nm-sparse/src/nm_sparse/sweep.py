@@ -1,9 +1,10 @@
-"""The digits accuracy sweep behind ``nm-sparse table``, with SpRe / Bi-Mask diagnostics.
+"""The accuracy sweep behind ``nm-sparse table``, with SpRe / Bi-Mask diagnostics.
 
-Every method x pattern x seed is trained for the same number of steps on the bundled digits,
-top-1 on the held-out split. asp and unstructured follow the prune-after-training recipe
-(dense for the first half of the steps, then one-shot pruning and fine-tuning with a fixed
-mask); the dynamic methods (srste, spre, bimask) train sparse from the first step, as in
+Every method x pattern x seed is trained for the same number of steps on one offline data set
+(``digits``, or the harder generated ``crops`` / ``cluttered-digits`` of :mod:`slimkit.datasets`),
+top-1 on the held-out split (digits: its val split; the generated sets: their test split).
+asp and unstructured follow the prune-after-training recipe (dense for the first half of the
+steps, then one-shot pruning and fine-tuning with a fixed mask); the dynamic methods (srste, spre, bimask) train sparse from the first step, as in
 their papers.
 """
 
@@ -26,7 +27,7 @@ from nm_sparse.ops import nm_mask, permutation_scores
 from nm_sparse.reference import to_gemm_matrix
 from nm_sparse.sparsify import nm_layers
 from slimkit.bench import env_header
-from slimkit.data import digits
+from slimkit.data import resolve_dataset
 from slimkit.io import atomic_write, save_json
 from slimkit.progress import progress
 from slimkit.train import TrainConfig, train
@@ -144,6 +145,7 @@ def accuracy_table(
     patterns: list[str],
     seeds: list[int],
     model: str = "small_resnet",
+    data: str = "digits",
     steps: int = 300,
     batch_size: int = 64,
     lr: float = 1e-2,
@@ -154,11 +156,13 @@ def accuracy_table(
     device: torch.device | None = None,
     output: Path | None = None,
 ) -> dict[str, Any]:
-    """Train every (method, pattern, seed) on digits; mean ± std top-1 and SpRe/Bi-Mask diagnostics."""
+    """Train every (method, pattern, seed) on ``data``; mean ± std top-1 and SpRe/Bi-Mask diagnostics."""
     dev = device or torch.device("cpu")
-    spec = ModelSpec(
-        model, 10, 1 if model.startswith("small_resnet") else 3, 8 if model.startswith("small_resnet") else 32
-    )
+    digits_small = data == "digits" and model.startswith("small_resnet")  # 8x8 grey digits, as in 0.1
+    size, chans = (8, 1) if digits_small else (32, 3)
+    eval_split = "val" if data == "digits" else "test"
+    classes = getattr(resolve_dataset(data, "val", size, chans, seeds[0] if seeds else 0), "classes", None)
+    spec = ModelSpec(model, len(classes) if classes else 10, chans, size)
     opts = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
         "bimask_interval": bimask_interval, "bimask_candidates": bimask_candidates, "device": dev,
@@ -172,14 +176,14 @@ def accuracy_table(
         for method, pattern in jobs:
             accs = []
             for seed in seeds:
-                sets = (digits("train", size=spec.image_size, channels=spec.in_chans, seed=seed),
-                        digits("val", size=spec.image_size, channels=spec.in_chans, seed=seed))  # fmt: skip
+                sets = (resolve_dataset(data, "train", spec.image_size, spec.in_chans, seed),
+                        resolve_dataset(data, eval_split, spec.image_size, spec.in_chans, seed))  # fmt: skip
                 acc, trained = _train_one(
                     method, "2:4" if pattern == "-" else pattern, seed, spec, *sets, opts, Path(tmp)
                 )
                 accs.append(acc)
                 if method == "spre":
-                    x = sets[1].tensors[0][:64]
+                    x = torch.stack([sets[1][i][0] for i in range(64)])
                     diagnostics["spre_deploy"].append(
                         {"pattern": pattern, "seed": seed, **spre_deploy_stats(trained, x)}
                     )
@@ -192,15 +196,17 @@ def accuracy_table(
     bar.close()
     command = (
         f"nm-sparse table --methods {','.join(methods)} --patterns {','.join(patterns)} "
-        f"--seeds {','.join(str(s) for s in seeds)} --model {model} --steps {steps} --batch-size {batch_size} "
+        f"--seeds {','.join(str(s) for s in seeds)} --model {model} --data {data} --steps {steps} --batch-size {batch_size} "
         f"--lr {lr} --optimizer {optimizer} --bimask-interval {bimask_interval} --bimask-candidates {bimask_candidates}"
     )
     result: dict[str, Any] = {
         "command": command,
+        "data": data,
+        "eval_split": eval_split,
         "env": env_header(device=dev),
         "rows": rows,
         "diagnostics": diagnostics,
-        "markdown": _markdown(rows, patterns, len(seeds)),
+        "markdown": _markdown(rows, patterns, len(seeds), f"{data} ({eval_split})"),
     }
     if output is not None:
         save_json(output / "results.json", result)
@@ -209,7 +215,7 @@ def accuracy_table(
     return result
 
 
-def _markdown(rows: list[dict[str, Any]], patterns: list[str], num_seeds: int) -> str:
+def _markdown(rows: list[dict[str, Any]], patterns: list[str], num_seeds: int, data: str = "digits") -> str:
     """Methods down, patterns across; cells 'mean ± std' in percent."""
     cells: dict[str, dict[str, str]] = {}
     for row in rows:
@@ -221,4 +227,4 @@ def _markdown(rows: list[dict[str, Any]], patterns: list[str], num_seeds: int) -
     head = f"| method | {' | '.join(patterns)} |"
     rule = "|" + " --- |" * (len(patterns) + 1)
     body = [f"| {meth} | " + " | ".join(vals.get(p, "") for p in patterns) + " |" for meth, vals in cells.items()]
-    return "\n".join([f"digits top-1 (%), mean ± std over {num_seeds} seed(s)", "", head, rule, *body])
+    return "\n".join([f"{data} top-1 (%), mean ± std over {num_seeds} seed(s)", "", head, rule, *body])

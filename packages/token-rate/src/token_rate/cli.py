@@ -38,12 +38,14 @@ from token_rate.patch import current_token_counts, model_dims, model_info, patch
 from token_rate.quickstart import run as run_demo
 from token_rate.schedule import Schedule, list_schedules, load_schedule
 from token_rate.search import SearchSettings, UnlabelledImages, search, search_train_config
+from token_rate.table import TableSettings, method_table
 from token_rate.visualize import resolve_blocks, visualize
 
 PROG = "token-rate"
 KIND_TRAIN = "token-rate train"
 KIND_SEARCH = "token-rate search"
 KIND_DEMO = "token-rate demo"
+KIND_TABLE = "token-rate table"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,6 +364,38 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
     return visualize(model, image, configs, args.output, title=args.title, block=block)
 
 
+def _csv_numbers(text: str, flag: str, kind: type[int] | type[float]) -> list[Any]:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BadInputError(f"{flag} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise BadInputError(f"{flag} is empty")
+    return values
+
+
+def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
+    seeds = _csv_numbers(args.seeds, "--seeds", int)
+    ratios = _csv_numbers(args.ratios, "--ratios", float)
+    for ratio in ratios:
+        if not 0.0 < ratio < 1.0:
+            raise BadInputError(f"--ratios must each be in (0, 1), got {ratio}")
+    for name in ("train-steps", "search-steps", "batch-size", "search-batch-size"):
+        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+    for name in ("train-lr", "search-lr", "flops-weight"):
+        _positive(name, getattr(args, name.replace("-", "_")))
+    resolve_device(args.device)
+    if args.output:
+        check_output_dir(args.output, KIND_TABLE)
+    settings = TableSettings(
+        train_steps=args.train_steps, train_lr=args.train_lr, batch_size=args.batch_size,
+        search_steps=args.search_steps, search_lr=args.search_lr, search_batch_size=args.search_batch_size,
+        flops_weight=args.flops_weight,
+    )  # fmt: skip
+    output = claim_output_dir(args.output, KIND_TABLE) if args.output else None
+    return method_table(args.data, seeds, ratios, settings, output=output, show_progress=not args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     resolve_device(args.device)
     output = claim_output_dir(args.output, KIND_DEMO)
@@ -453,6 +487,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the groups after this block (default: the last; -1 = last, 'all' = one panel per block)")
     p.set_defaults(func=cmd_visualize)
 
+    p = add_common(sub.add_parser(
+        "table", help="method table: uncompressed, DiffRate (two starts), ToMe at matched GMACs, over seeds"))
+    p.add_argument("--data", default="digits", choices=DATASETS,
+                   help="digits (val split) or a generated set, crops / cluttered-digits (test split)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one ViT trained per seed)")
+    p.add_argument("--ratios", default="0.5,0.35", help="GMACs budgets as fractions of the uncompressed model")
+    defaults = TableSettings()
+    p.add_argument("--train-steps", type=int, default=defaults.train_steps)
+    p.add_argument("--train-lr", type=float, default=defaults.train_lr)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--search-steps", type=int, default=defaults.search_steps)
+    p.add_argument("--search-lr", type=float, default=defaults.search_lr)
+    p.add_argument("--search-batch-size", type=int, default=defaults.search_batch_size)
+    p.add_argument("--flops-weight", type=float, default=defaults.flops_weight)
+    p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
+    p.set_defaults(func=cmd_table)
+
     p = add_common(sub.add_parser("demo", help="the quickstart: train, search, compare (about a minute on CPU)"))
     p.add_argument("--output", default="token-rate-demo")
     p.set_defaults(func=cmd_demo)
@@ -460,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _human(result: Any) -> str:
+    if isinstance(result, dict) and "markdown" in result:
+        return str(result["markdown"])
     if isinstance(result, dict) and "schedules" in result:
         return format_table(
             [{**r, "kept_per_block": ",".join(map(str, r["kept_per_block"]))} for r in result["schedules"]]
