@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
+import locale
 import os
 import re
 import stat
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,3 +256,172 @@ def test_a_folder_being_claimed_never_looks_foreign_to_a_concurrent_check(tmp_pa
         watcher.join()
     assert seen == []
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(t.name for t in targets)  # no staging leftovers
+
+
+# --- second round: markers, symlinked inputs, claims that race another process ------------
+
+
+@pytest.fixture
+def umask_027() -> Iterator[None]:
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+@pytest.fixture
+def c_locale() -> Iterator[None]:
+    """The C locale (ASCII): a marker slimkit wrote in UTF-8 must still read back."""
+    if sys.flags.utf8_mode:
+        pytest.skip("Python's UTF-8 mode ignores the locale")
+    old = locale.setlocale(locale.LC_CTYPE)
+    try:
+        locale.setlocale(locale.LC_CTYPE, "C")
+        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+            pytest.skip("this platform's C locale is UTF-8")
+        yield
+    finally:
+        locale.setlocale(locale.LC_CTYPE, old)
+
+
+@pytest.mark.parametrize("marker", ["[1]", "{}", '{"kind": 5}', '{"kind": ""}', '{"kind": null}', '"demo"'])
+def test_a_marker_without_a_kind_name_is_an_unknown_output(tmp_path: Path, marker: str) -> None:
+    (tmp_path / OUTPUT_MARKER).write_text(marker)
+    with _raises(f"{tmp_path} holds a unknown output, not a demo output; choose another folder"):
+        check_output_dir(tmp_path, "demo")
+
+
+def test_a_marker_is_read_as_utf8_whatever_the_locale(tmp_path: Path, c_locale: None) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / OUTPUT_MARKER).write_bytes('{"kind": "démo"}'.encode())
+    assert claim_output_dir(tmp_path / "run", "démo") == tmp_path / "run"
+    with _raises(f"{tmp_path / 'run'} holds a démo output, not a demo output; choose another folder"):
+        check_output_dir(tmp_path / "run", "demo")
+
+
+def test_claim_makes_missing_parents_and_a_folder_with_the_umask_mode(
+    tmp_path: Path, umask_027: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slimkit.paths
+
+    staged: list[Path] = []
+    real_save_json = slimkit.paths.save_json
+
+    def spy(path: Path, obj: Any) -> Path:
+        staged.append(Path(path).parent)
+        return real_save_json(path, obj)
+
+    monkeypatch.setattr(slimkit.paths, "save_json", spy)
+    out = claim_output_dir(tmp_path / "x" / "y" / "run", "demo")
+    assert out.is_dir() and stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert stat.S_IMODE((out / OUTPUT_MARKER).stat().st_mode) == 0o640
+    # the marker is written into a hidden sibling first, then renamed into place (same file system)
+    assert len(staged) == 1 and staged[0].parent == tmp_path / "x" / "y"
+    assert staged[0].name.startswith(".run.claim-")
+    assert _tree(tmp_path) == ["x", "x/y", "x/y/run", f"x/y/run/{OUTPUT_MARKER}"]
+
+
+def _race(monkeypatch: pytest.MonkeyPatch, target: Path, marker: str | None) -> None:
+    """Another process fills ``target`` just before this claim renames its staging folder."""
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(dst) == target and not target.exists():
+            target.mkdir()
+            if marker is not None:
+                (target / OUTPUT_MARKER).write_text(json.dumps({"kind": marker}))
+            (target / "log.txt").write_text("x")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_claim_racing_a_claim_of_the_same_kind_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # two ranks of `accelerate launch` claim the same run folder at once
+    _race(monkeypatch, tmp_path / "run", "train")
+    assert claim_output_dir(tmp_path / "run", "train") == tmp_path / "run"
+    assert _tree(tmp_path) == ["run", f"run/{OUTPUT_MARKER}", "run/log.txt"]
+    assert json.loads((tmp_path / "run" / OUTPUT_MARKER).read_text()) == {"kind": "train"}
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("deploy", "{run} holds a deploy output, not a train output; choose another folder"),
+        (None, "{run} is not empty and was not written by train; choose a new or empty folder"),
+    ],
+)
+def test_claim_racing_another_writer_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: str | None, message: str
+) -> None:
+    _race(monkeypatch, tmp_path / "run", marker)
+    with _raises(message.format(run=tmp_path / "run")):
+        claim_output_dir(tmp_path / "run", "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left behind
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([OUTPUT_MARKER, "log.txt"][marker is None :])
+
+
+@pytest.mark.parametrize("sub", ["a/run", "a/b/run"])
+def test_claim_when_a_file_appears_in_the_way(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sub: str) -> None:
+    import slimkit.paths
+
+    real_check = slimkit.paths.check_output_dir
+
+    def check_then_race(path: Any, kind: str) -> Path:
+        p = real_check(path, kind)
+        (tmp_path / "a").write_text("appeared after the check")
+        return p
+
+    monkeypatch.setattr(slimkit.paths, "check_output_dir", check_then_race)
+    with _raises(f"cannot write to {tmp_path / sub}: a file is in the way"):
+        claim_output_dir(str(tmp_path / sub), "demo")
+
+
+def test_claim_refused_by_the_file_system_after_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal ``os.access`` did not foresee (an ACL, a read-only bind mount) is the same one line."""
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with _raises(f"cannot write to {tmp_path / 'run'}: permission denied"):
+        claim_output_dir(str(tmp_path / "run"), "demo")
+
+
+def test_unlistable_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that can be entered but not listed (mode 0o300), for root too."""
+    (tmp_path / "d").mkdir()
+
+    def refuse(self: Path) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with _raises(f"cannot write to {tmp_path / 'd'}: permission denied"):
+        check_output_dir(tmp_path / "d", "demo")
+    with _raises(f"cannot read dataset {tmp_path / 'd'}: permission denied"):
+        check_input_dir(tmp_path / "d", "dataset")
+
+
+def test_symlinked_inputs_are_accepted(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "w.safetensors").write_bytes(b"1")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    (tmp_path / "w.safetensors").symlink_to(tmp_path / "data" / "w.safetensors")
+    assert check_input_dir(tmp_path / "link", "dataset") == tmp_path / "link"
+    assert check_input_file(tmp_path / "w.safetensors", "weights", [".safetensors"]) == tmp_path / "w.safetensors"
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+    with _raises(f"dataset not found: {tmp_path / 'gone'}"):
+        check_input_dir(tmp_path / "gone", "dataset")
+
+
+def test_inputs_with_a_name_too_long_are_not_found(tmp_path: Path) -> None:
+    long = tmp_path / ("x" * 300)
+    with _raises(f"weights not found: {long}"):
+        check_input_file(long, "weights")
+    with _raises(f"dataset not found: {long}"):
+        check_input_dir(long, "dataset")
+
+
+def test_input_file_suffix_message_lists_every_suffix(tmp_path: Path) -> None:
+    (tmp_path / "w.txt").write_text("x")
+    with _raises(f"weights {tmp_path / 'w.txt'} is not one of .safetensors, .bin"):
+        check_input_file(tmp_path / "w.txt", "weights", [".safetensors", ".bin"])
