@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +165,6 @@ def test_accelerate_launch_two_cpu_processes_end_identical(tmp_path: Path) -> No
     ],
 )
 def test_config_validation(tmp_path: Path, field: str, value: Any, message: str) -> None:
-    import re
-
     with pytest.raises(BadInputError, match=f"^{re.escape(message)}$"):
         _cfg(tmp_path, **{field: value})
     assert not any(tmp_path.iterdir())
@@ -223,16 +223,22 @@ def test_resume_truncates_metrics_and_fresh_start_refuses_old_checkpoints(tmp_pa
     model = _model()
     with pytest.raises(KeyboardInterrupt):
         train(model, _data(), _cfg(tmp_path, checkpoint_every=4, log_every=1), callbacks=[Recorder(stop_at=7)])
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]  # killed in step 7, before its row
-    train(_model(), _data(), _cfg(tmp_path, checkpoint_every=4, log_every=1, resume_from="latest"), callbacks=[Recorder()])
+    metrics = tmp_path / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]  # killed in step 7, before its row
+    # a line that cannot be read (or has no numeric step) is dropped, the rows after it are kept
+    metrics.write_text("\n".join([*lines[:2], '{"step": 2.5, "lo', '{"step": "3"}', "[3]", *lines[2:]]) + "\n")
+    ckpts = tmp_path / "checkpoints"
+    resume = str(ckpts / "step_4")  # the latest one, named explicitly
+    train(_model(), _data(), _cfg(tmp_path, checkpoint_every=4, log_every=1, resume_from=resume), callbacks=[Recorder()])
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # 5, 6 were dropped and written again, not doubled
-    ckpts = tmp_path / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_4", "step_8"]
     # a fresh run in the same folder neither deletes the earlier run's checkpoints nor mixes with them
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
-    with pytest.raises(BadInputError, match="holds checkpoints of an earlier run"):
+    message = (f"{tmp_path} holds checkpoints of an earlier run: resume it (resume_from='latest', --resume latest) "
+               "or choose a new output folder")
+    with pytest.raises(BadInputError, match=f"^{re.escape(message)}$"):
         train(_model(), _data(), _cfg(tmp_path, max_steps=3))
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
@@ -315,3 +321,263 @@ def test_max_grad_norm_clips_the_update_to_the_given_norm(tmp_path: Path) -> Non
     expected = before - 0.5 * grad * (0.05 / (norm + 1e-6))
     assert torch.allclose(_params(model), expected, rtol=0, atol=1e-7)
     assert float((before - _params(model)).norm()) == pytest.approx(0.5 * 0.05, rel=1e-4)
+
+
+# --- one small run checked for everything a user reads back ------------------------------------
+
+
+class _Samples(torch.utils.data.Dataset):
+    """``n`` samples ``(x, y, id, in_worker)``; ``in_worker`` says a loader worker process built it."""
+
+    def __init__(self, n: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 6, generator=gen)
+        self.y = self.x[:, 0] - 0.5 * self.x[:, 1]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        return self.x[i], self.y[i], i, torch.utils.data.get_worker_info() is not None
+
+
+def _collate(items: list[tuple[torch.Tensor, torch.Tensor, int, bool]]) -> dict[str, Any]:
+    return {"x": torch.stack([it[0] for it in items]), "y": torch.stack([it[1] for it in items]),
+            "ids": [it[2] for it in items], "in_worker": all(it[3] for it in items)}
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.lin = nn.Linear(6, 1)
+        self.aux = nn.Parameter(torch.tensor([0.5]))  # only the very first micro-batch uses it
+
+
+class _Loss:
+    """Records every micro-batch's ids, loss and extra metric, as the loop saw them."""
+
+    def __init__(self) -> None:
+        self.ids: list[list[int]] = []
+        self.losses: list[float] = []
+        self.errs: list[float] = []
+        self.in_worker: list[bool] = []
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        pred = model.lin(batch["x"]).squeeze(-1)
+        loss = torch.nn.functional.mse_loss(pred.float(), batch["y"])
+        if not self.ids:
+            loss = loss + model.aux.square().sum()
+        err = float((pred.detach().float() - batch["y"]).abs().mean())
+        self.ids.append(batch["ids"])
+        self.in_worker.append(batch["in_worker"])
+        self.losses.append(float(loss.detach()))
+        self.errs.append(err)
+        return loss, {"err": err}
+
+
+class _Hooks:
+    """Every hook call in order; has ``state_dict`` but no ``load_state_dict``, so it is not checkpointed."""
+
+    def __init__(self, loss: _Loss | None = None) -> None:
+        self.loss = loss
+        self.events: list[tuple[Any, ...]] = []
+        self.start: dict[str, Any] = {}
+
+    def on_train_start(self, ctx: TrainContext) -> None:
+        self.events.append(("start", ctx.step))
+        self.start = {"model": ctx.model, "accelerator": ctx.accelerator, "config": ctx.config,
+                      "lr": ctx.optimizer.param_groups[0]["lr"], "scheduler_lr": ctx.scheduler.get_last_lr()}
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        self.events.append(("backward", ctx.step, len(self.loss.ids) if self.loss else None))
+
+    def on_step_end(self, ctx: TrainContext) -> None:
+        self.events.append(("step", ctx.step, dict(ctx.metrics), float(ctx.model.aux.detach())))
+
+    def on_train_end(self, ctx: TrainContext) -> None:
+        self.events.append(("end", ctx.step))
+
+    def state_dict(self) -> dict[str, int]:
+        return {"events": len(self.events)}
+
+
+class _Terminal:
+    """A stand-in for a terminal on stderr."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _f32(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
+def test_one_run_logs_exact_metrics_hooks_checkpoints_and_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "not" / "yet" / "run"  # parent folders are created
+    # 22 samples, batch 4: 5 full batches an epoch, the last 2 samples are dropped; 3 micro-batches
+    # a step, so 4 steps read 12 batches across 3 epochs (and one loader worker builds them).
+    cfg = _cfg(out, max_steps=4, batch_size=4, grad_accum_steps=3, shuffle=False, optimizer="sgd", lr=0.1,
+               min_lr=0.01, warmup_steps=1, log_every=3, checkpoint_every=2, num_workers=1, progress=True)
+    loss, tty = _Loss(), _Terminal()
+    hooks = _Hooks(loss)
+    monkeypatch.setattr("sys.stderr", tty)
+    model = _Net()
+    result = train(model, _Samples(22), cfg, loss_fn=loss, callbacks=[hooks], collate_fn=_collate)
+
+    # the data: in order, full batches only, built in a worker
+    assert loss.ids == [list(range(4 * (k % 5), 4 * (k % 5) + 4)) for k in range(12)]
+    assert all(loss.in_worker)
+    # the hooks: 3 micro-batches before each after_backward, then on_step_end
+    assert hooks.events[0] == ("start", 0) and hooks.events[-1] == ("end", 4)
+    assert [e[:3] for e in hooks.events[1:-1] if e[0] == "backward"] == [("backward", s, 3 * (s + 1)) for s in range(4)]
+    steps = [e for e in hooks.events if e[0] == "step"]
+    assert [e[1] for e in steps] == [1, 2, 3, 4]
+    assert [e[0] for e in hooks.events[1:-1]] == ["backward", "step"] * 4
+    start = hooks.start
+    assert start["model"] is model and start["config"] is cfg
+    assert start["lr"] == start["scheduler_lr"][0] == pytest.approx(0.1)  # step 0 of a one-step warm-up
+    assert start["accelerator"].is_main_process and start["accelerator"].project_dir == str(out)
+    # a parameter the loss did not touch in a step is left alone by that step (no stale momentum)
+    assert len({e[3] for e in steps}) == 1 and steps[0][3] != 0.5
+
+    # the metrics: each step's loss and extra metrics are the means over its 3 micro-batches;
+    # lr is the rate after the scheduler stepped (cosine from 0.1 after the warm-up to 0.01)
+    def expected(step: int) -> dict[str, float]:
+        window = slice(3 * (step - 1), 3 * step)
+        lr = 0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 3))
+        return {"step": step, "loss": _f32(sum(loss.losses[window]) / 3), "lr": lr, "err": sum(loss.errs[window]) / 3}
+
+    for event in steps:
+        assert event[2] == pytest.approx(expected(event[1]), rel=1e-12)
+        assert list(event[2]) == ["step", "loss", "lr", "err"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows == [steps[2][2], steps[3][2]]  # every log_every=3 steps, and the last step
+    assert result.metrics == rows
+    assert result.steps == 4 and result.final_loss == rows[-1]["loss"]
+    assert result.checkpoint_dir == str(out / "checkpoints" / "final") and result.output_dir == str(out)
+    assert result.to_dict() == {"steps": 4, "final_loss": rows[-1]["loss"], "metrics": rows,
+                                "checkpoint_dir": str(out / "checkpoints" / "final"), "output_dir": str(out)}
+    # checkpoints: step_2 (every 2 steps, but not at the last step: that is `final`)
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_2"]
+    assert json.loads((ckpts / "step_2" / "trainer_state.json").read_text()) == {"step": 2, "micro": 6}
+    assert json.loads((ckpts / "final" / "trainer_state.json").read_text()) == {"step": 4, "micro": 12}
+    # the progress bar on a terminal: "train", optimizer steps out of max_steps, the running loss
+    last = tty.text.split("\r")[-1]
+    assert last.startswith("train: 100%") and "4/4 [" in last and f"loss={result.final_loss:.4f}]" in last
+
+    # Resuming the finished run at its last step trains nothing and says so; with progress=False
+    # no bar is drawn, even on a terminal.
+    tty.text = ""
+    again = _Hooks()
+    resumed = train(_Net(), _Samples(22), dataclasses.replace(cfg, resume_from=str(ckpts / "final"), progress=False),
+                    loss_fn=_Loss(), callbacks=[again], collate_fn=_collate)
+    assert again.events == [("start", 4), ("end", 4)]
+    assert resumed.steps == 4 and math.isnan(resumed.final_loss) and resumed.metrics == []
+    assert [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] == rows
+    assert sorted(p.name for p in ckpts.iterdir()) == ["final", "step_2"]
+    assert "train:" not in tty.text
+
+
+@pytest.fixture
+def fresh_accelerate_state() -> Any:
+    """accelerate keeps one process-wide state; a run in another precision needs it reset (and after)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def test_bf16_run_on_one_sample_flushes_every_checkpoint_file_before_its_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_accelerate_state: None
+) -> None:
+    """An explicit precision is used as given; a dataset smaller than a batch still trains; every file of a
+    checkpoint is flushed before its marker is written, and a filesystem that refuses fsync (on folders, or
+    on read-only handles as Windows does) does not fail the save."""
+    import errno
+    import os
+
+    fcntl = pytest.importorskip("fcntl")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append(path)
+        if os.path.isdir(path):  # as some filesystems do: fsync on a folder is refused
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:  # as on Windows: needs a writable handle
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_fsync(fd)
+
+    if Path("/proc/self/fd").is_dir():
+        monkeypatch.setattr(os, "fsync", fsync)
+    # one sample, smaller than a batch: every step sees that one sample; each step is logged
+    loss, hooks = _Loss(), _Hooks()
+    cfg = _cfg(tmp_path, max_steps=2, batch_size=4, shuffle=False, mixed_precision="bf16", log_every=1,
+               scheduler="constant", lr=0.1)
+    result = train(_Net(), _Samples(1), cfg, loss_fn=loss, callbacks=[hooks], collate_fn=_collate)
+    assert hooks.start["accelerator"].mixed_precision == "bf16"
+    assert loss.ids == [[0], [0]] and not any(loss.in_worker)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == result.metrics == [{"step": s + 1, "loss": _f32(loss.losses[s]), "lr": 0.1, "err": loss.errs[s]}
+                                      for s in range(2)]
+    if Path("/proc/self/fd").is_dir():
+        final = tmp_path / "checkpoints" / "final"
+        files = sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file())
+        assert "model.safetensors" in files and "trainer_state.json" in files
+        order = {}
+        for i, path in enumerate(synced):
+            inside = path.split("/.tmp-final-", 1)[-1].split("/", 1)  # [token, name] for a file in the folder
+            if "/.tmp-final-" in path and len(inside) == 2:
+                order.setdefault(inside[1], i)
+        marker = [i for name, i in order.items() if name.startswith(".trainer_state.json.")]
+        assert len(marker) == 1
+        assert all(order[name] < marker[0] for name in files if name != "trainer_state.json")
+
+
+def test_train_refuses_nothing_to_train_and_an_empty_dataset(tmp_path: Path) -> None:
+    model = _model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(BadInputError, match=r"^nothing to train: no parameter requires grad$"):
+        train(model, _data(), _cfg(tmp_path / "a"))
+    with pytest.raises(BadInputError, match=f"^{re.escape('the training dataset is empty')}$"):
+        train(_model(), TensorDataset(torch.empty(0, 6), torch.empty(0, dtype=torch.long)), _cfg(tmp_path / "b"))
+
+
+class _TorchOnABf16Gpu:
+    """``torch`` as slimkit.train sees it on a machine with a bf16-capable GPU (accelerate still runs on CPU)."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.cuda = SimpleNamespace(is_available=lambda: True, is_bf16_supported=lambda *a, **k: True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [(True, "no"), (False, "bf16")])
+def test_auto_precision_on_a_bf16_gpu_machine_unless_cpu_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_accelerate_state: None, cpu: bool, expected: str
+) -> None:
+    import slimkit.train as slim_train
+
+    monkeypatch.setattr(slim_train, "torch", _TorchOnABf16Gpu())
+    hooks = _Hooks()
+    train(_Net(), _Samples(4), _cfg(tmp_path, max_steps=1, batch_size=4, cpu=cpu), loss_fn=_Loss(), callbacks=[hooks],
+          collate_fn=_collate)
+    assert hooks.start["accelerator"].mixed_precision == expected
