@@ -288,7 +288,8 @@ def recover_checkpoints(output_dir: str | Path) -> None:
     """Finish or undo a checkpoint switch that a killed run left, then remove leftovers.
 
     A checkpoint whose folder is missing gets back its stand-in (see
-    :func:`find_latest_checkpoint`); every other ``.tmp-*``/``.old-*`` folder and every
+    :func:`find_latest_checkpoint`); every other ``.tmp-*`` folder, every ``.old-<name>-<token>``
+    folder of slimkit's own switches (12-hex token; other ``.old-*`` names are left alone) and every
     stray atomic-write temp file (``.<name>.<random>.tmp``) in the run folder and its
     ``checkpoints`` folder is deleted.
     """
