@@ -106,3 +106,10 @@ def test_config_fields_of_the_wrong_type_are_one_line_errors():
         token_rate.config_from_dict({"_type": "SearchConfig", "granularity": "4"})
     with pytest.raises(BadInputError, match="expected"):
         token_rate.config_from_dict({"_type": "NMConfig"})
+
+
+def test_search_proxies_live_on_the_model_device():
+    from token_rate.diffrate import _device
+
+    assert _device(torch.nn.Linear(2, 2).to("meta")) == torch.device("meta")
+    assert _device(torch.nn.Identity()) == torch.device("cpu")  # no parameters: CPU

@@ -10,7 +10,7 @@ import torch
 import token_rate
 from slimkit.errors import BadInputError
 from token_rate import DiffRateConfig, Schedule, SearchConfig
-from token_rate.ddp import DiffRate, ste_ceil
+from token_rate.ddp import DiffRate, DiffRateDDP, ste_ceil
 
 
 def test_candidates_and_uniform_start():
@@ -212,3 +212,107 @@ def test_search_keeps_similarity_scaled_sizes_on_merged_away_tokens(timm_model, 
     carried = (size * ~kept).sum(dim=1)
     assert bool((size[~kept] < 1.0).all())
     torch.testing.assert_close(gained, carried)
+
+
+def test_warm_start_logits_fall_by_sharpness_per_candidate_step():
+    d = DiffRate(16, num_prefix_tokens=1, granularity=4)  # candidates 16, 12, 8, 4
+    d.set_kept(9)  # 8 patches: distances 2, 1, 0, 1 steps
+    assert d.logits.tolist() == [-6.0, -3.0, 0.0, -3.0]
+    d.set_kept(11, sharpness=2.0)  # 10 patches: 1.5, 0.5, 0.5, 1.5 steps
+    assert d.logits.tolist() == [-3.0, -1.0, -1.0, -3.0]
+    two = DiffRate(8, num_prefix_tokens=2, granularity=4)  # candidates 8, 4: one step is 4 tokens
+    two.set_kept(7)  # 5 patches: 3/4 and 1/4 of a step away
+    assert two.logits.tolist() == [-2.25, -0.75]
+    fixed = DiffRate(16, fixed=True)  # a single candidate: nothing to choose, the count stays 17
+    fixed.set_kept(9)
+    assert fixed.kept_int() == 17
+
+
+def test_search_clamps_scaled_sizes_to_one_in_training(timm_model, images):
+    """Official quirk (size_clamp_in_train, the default): in training a merged-away token's
+    similarity-scaled size (size 1 x cosine <= 1) is clamped up to exactly 1."""
+    from token_rate.patch import get_context
+
+    model = timm_model("vit")
+    token_rate.patch(model, SearchConfig(granularity=1, mode="official",
+                                         init_schedule=Schedule([17, 17, 17], [17, 9, 9])))
+    model.train()
+    with torch.no_grad():
+        model(images)
+    st = get_context(model).state
+    kept = st.mask > 0.5
+    size = st.size[..., 0]
+    assert int((~kept).sum()) > 0 and size[~kept].unique().tolist() == [1.0]
+    torch.testing.assert_close((size * kept).sum(dim=1) - kept.sum(dim=1).float(), (~kept).sum(dim=1).float())
+
+
+def test_proxy_defaults_and_description():
+    d = DiffRate(16)  # default granularity 4, one class token
+    assert d.candidates.tolist() == [16.0, 12.0, 8.0, 4.0] and d.num_patches == 16
+    assert d.candidates.dtype == torch.float32  # a float buffer in search checkpoints, as in the official code
+    assert repr(d) == "DiffRate(candidates=4, prefix=1, fixed=False)"
+    assert repr(DiffRate(16, num_prefix_tokens=2, fixed=True)) == "DiffRate(candidates=1, prefix=2, fixed=True)"
+    with pytest.raises(ValueError) as exc:
+        DiffRate(16, granularity=0)
+    assert str(exc.value) == "granularity must be >= 1, got 0"
+    ddp = DiffRateDDP(3, 20)  # default granularity 4: 20, 16, 12, 8, 4
+    assert [len(m.candidates) for m in ddp.prune] == [1, 5, 5] and ddp.merge[1].num_prefix_tokens == 1
+    assert ddp.fixed_blocks == (0,)
+    fine = DiffRateDDP(3, 16, num_prefix_tokens=2, granularity=2, fixed_blocks=(0, -1))
+    assert [len(m.candidates) for m in fine.merge] == [1, 8, 1] and fine.fixed_blocks == (0, 2)
+    assert fine.prune[1].kept_int() == 9 + 2  # uniform over 16, 14, ..., 2: mean 9, plus 2 prefix tokens
+
+
+def test_masks_are_fp32_on_the_logits_device_whatever_the_defaults():
+    d = DiffRate(4, granularity=2)  # candidates 4, 2
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.device("meta"):
+            keep = d.keep_probability(6)
+            mask = d.token_mask(6, k=3, active=5)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    assert (keep.device.type, keep.dtype, mask.device.type, mask.dtype) == ("cpu", torch.float32, "cpu", torch.float32)
+    # uniform p = 1/2: ranks 0..2 lie inside both candidates (+1 prefix), ranks 3..4 inside the larger only
+    assert keep.tolist() == [1.0, 1.0, 1.0, 0.5, 0.5, 0.0]
+    assert mask.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_search_steps_mask_like_the_official_code():
+    """Three search steps on hand-set proxies (1 class token + 5 patches, tokens already in rank order):
+    block 1 prunes to 4, block 2 to 3, block 3 merges to 2. As in the official code, a proxy that
+    keeps every active token applies no mask, tokens masked earlier stay last whatever their
+    importance, and a step only zeroes the ranks it removes itself (earlier-masked ranks keep a
+    1 there, so their gradient still reaches the proxy that masked them)."""
+    from token_rate.context import ModelInfo, TokenRateContext
+    from token_rate.flops import ViTDims
+
+    info = ModelInfo("timm", ViTDims(depth=4, embed_dim=4, num_tokens=6), 1, True, "token")
+    ctx = TokenRateContext("search", SearchConfig(granularity=1, mode="official"), info)
+    ddp = DiffRateDDP(4, 5, 1, 1)  # candidates 5..1 patches; blocks 1 (prune and merge) and 3 (prune) uniform
+    never = -100.0
+    with torch.no_grad():
+        ddp.prune[2].logits.copy_(torch.tensor([never, never, never, 0.0, never]))  # keep 2 + 1
+        ddp.merge[2].logits.copy_(torch.tensor([0.0, never, never, never, never]))  # keep all
+        ddp.merge[3].logits.copy_(torch.tensor([never, never, never, never, 0.0]))  # keep 1 + 1
+    ctx.ddp = ddp
+    assert ddp.kept_ints() == ([6, 4, 3, 4], [6, 4, 6, 2])
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 4)
+    ctx.reset(x, training=True)
+    # importance of the patch tokens in their current order; ranks masked earlier are the most "important"
+    steps = [(1, torch.tensor([[5.0, 4, 3, 2, 1]])), (2, torch.tensor([[5.0, 4, 3, 9, 9]])),
+             (3, torch.tensor([[5.0, 4, 9, 9, 9]]))]
+    with torch.device("meta"):  # every tensor the steps make follows the inputs' device
+        for index, importance in steps:
+            x = ctx.compress(x, index, importance, None, True)
+    st = ctx.state
+    assert st.counts == [4, 3, 2] and st.mask.device.type == "cpu"
+    assert st.mask.tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
+    assert st.size[..., 0].tolist() == [[1.0, 2.0, 1.0, 1.0, 1.0, 1.0]]  # training clamp: the merged rank carries 1
+    grads = torch.autograd.grad(st.mask.sum(), [ddp.prune[1].logits, ddp.merge[1].logits, ddp.prune[3].logits],
+                                allow_unused=True)
+    # d/d logits of P_0 + P_1 + P_4 + P_5 (uniform p = 1/5; the ranks blocks 2 and 3 did not remove)
+    torch.testing.assert_close(grads[0], torch.tensor([0.28, 0.08, -0.12, -0.12, -0.12]))
+    assert grads[1] is None and grads[2] is None  # merge 1 (4 of 4) and prune 3 (4 of 3) apply no mask

@@ -113,3 +113,94 @@ def test_deit_small_with_published_schedule_end_to_end():
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
     assert token_rate.last_token_counts(model) == [197, 194, 176, 156, 141, 133, 121, 107, 88, 64, 56, 3]
     assert token_rate.gmacs(model) == pytest.approx(2.905, abs=5e-4)
+
+
+def _bad_input(fn, *args):
+    from slimkit.errors import BadInputError
+
+    with pytest.raises(BadInputError) as exc:
+        fn(*args)
+    return str(exc.value)
+
+
+def test_differentiable_gmacs_single_block_by_hand():
+    d = ViTDims(depth=1, embed_dim=8, num_tokens=10, patch_size=2, in_chans=3, num_classes=5)
+    p, m = torch.tensor(7.0, requires_grad=True), torch.tensor(6.0, requires_grad=True)
+    g = differentiable_gmacs(d, [p], [m])
+    # stem 10*8*3*2^2 + head 8*5 = 1000; attention on 10 tokens 4*10*64 + 2*100*8 = 4160; MLP on 6: 8*6*64 = 3072
+    assert g.item() * 1e9 == pytest.approx(1000 + 4160 + 3072, rel=1e-6)
+    g.backward()
+    assert p.grad.item() * 1e9 == pytest.approx(8 * 64) and m.grad.item() * 1e9 == pytest.approx(8 * 64)
+
+
+def test_differentiable_gmacs_follows_the_counts_device_not_the_default():
+    d = ViTDims(depth=2, embed_dim=8, num_tokens=10, patch_size=2, in_chans=3, num_classes=5)
+    with torch.device("meta"):
+        g = differentiable_gmacs(d, [torch.tensor(9.0, device="cpu")] * 2, [torch.tensor(7.0, device="cpu")] * 2)
+    assert g.device.type == "cpu"
+    assert g.item() == pytest.approx(analytic_macs(d, [7, 7]) / 1e9, rel=1e-6)
+
+
+def test_differentiable_gmacs_needs_one_count_per_block():
+    two = [torch.tensor(9.0)] * 2
+    assert _bad_input(differentiable_gmacs, DEIT_S, two, [torch.tensor(9.0)] * 12) == \
+        "need 12 prune and merge counts, got 2/12"
+    assert _bad_input(differentiable_gmacs, DEIT_S, [torch.tensor(9.0)] * 12, two) == \
+        "need 12 prune and merge counts, got 12/2"
+
+
+def test_gmacs_of_configs_lists_and_bad_inputs():
+    from token_rate import DiffRateConfig, SearchConfig
+
+    d = ViTDims(depth=2, embed_dim=8, num_tokens=10, patch_size=2, in_chans=3, num_classes=5)
+    assert token_rate.gmacs(d, [7, 4]) == analytic_macs(d, [7, 4]) / 1e9
+    assert token_rate.gmacs(d, (7.0, 4.0)) == analytic_macs(d, [7, 4]) / 1e9
+    assert token_rate.gmacs(DEIT_S, DiffRateConfig(schedule="deit_small@2.9")) == \
+        pytest.approx(2.905256448, rel=1e-9)
+    assert _bad_input(token_rate.gmacs, DEIT_S, SearchConfig()) == \
+        "a SearchConfig has no fixed schedule; pass the patched model instead"
+    assert _bad_input(token_rate.gmacs, DEIT_S, 2.9) == \
+        "cannot count MACs for a float; pass a Schedule, config or list"
+
+
+def test_gmacs_checks_a_schedule_against_the_dims():
+    eleven = ViTDims(depth=11, embed_dim=384, num_tokens=197)
+    assert _bad_input(token_rate.gmacs, eleven, "deit_small@2.9") == \
+        "schedule 'deit_small@2.9': has 12 blocks but the model has 11"
+    fewer = ViTDims(depth=12, embed_dim=384, num_tokens=150)
+    assert _bad_input(token_rate.gmacs, fewer, "deit_small@2.9") == \
+        "schedule 'deit_small@2.9': prune[0]=197 exceeds the 150 input tokens"
+    sched = Schedule([17, 9], [13, 7])  # no input count of its own: the dims' count is checked
+    assert _bad_input(token_rate.gmacs, ViTDims(depth=2, embed_dim=8, num_tokens=15), sched) == \
+        "schedule: prune[0]=17 exceeds the 15 input tokens"
+    assert token_rate.gmacs(ViTDims(depth=2, embed_dim=8, num_tokens=17), sched) == \
+        analytic_macs(ViTDims(depth=2, embed_dim=8, num_tokens=17), [13, 7]) / 1e9
+
+
+def test_tome_counts_cap_r_at_half_the_unprotected_tokens():
+    from token_rate.flops import tome_token_counts
+
+    d = ViTDims(depth=3, embed_dim=8, num_tokens=10)
+    # 10 tokens: at most (10 - 1) // 2 = 4 merges; then (6 - 1) // 2 = 2; then r = 1 binds
+    assert tome_token_counts(d, [8, 8, 1]) == [6, 4, 3]
+    assert tome_token_counts(ViTDims(depth=2, embed_dim=8, num_tokens=10, num_prefix_tokens=2), [8, 0]) == [6, 6]
+
+
+def test_gmacs_of_an_unknown_target_lists_the_published_names():
+    names = ", ".join(token_rate.list_schedules())
+    assert _bad_input(token_rate.gmacs, "deit_small@2.9@x") == \
+        f"unknown schedule 'deit_small@2.9@x'; published: {names}"  # family from the first '@': deit_small
+    assert _bad_input(token_rate.gmacs, "deit_huge@1.0") == (
+        "unknown schedule family 'deit_huge'; known: deit_base, deit_small, deit_tiny, mae_vit_base, mae_vit_huge, "
+        "mae_vit_large")
+
+
+def test_gmacs_takes_dims_as_a_dict_and_names_what_it_cannot_use():
+    dims = {"depth": 2, "embed_dim": 8, "num_tokens": 10, "patch_size": 2, "num_classes": 5}
+    assert token_rate.gmacs(dims, [7, 4]) == analytic_macs(ViTDims(**dims), [7, 4]) / 1e9
+    assert _bad_input(token_rate.gmacs, 12) == "gmacs() needs a model, ViTDims or published name, got int"
+
+
+def test_analytic_macs_needs_one_count_per_block():
+    assert _bad_input(analytic_macs, ViTDims(depth=2, embed_dim=8, num_tokens=10), [7]) == \
+        "1 per-block counts for a model with 2 blocks"

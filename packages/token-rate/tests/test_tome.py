@@ -94,3 +94,29 @@ def test_tome_avg_pool_is_size_weighted(timm_model, images):
     w = ctx.state.size[:, 1:, 0]
     torch.testing.assert_close(pooled, (feats[:, 1:] * w[..., None]).sum(1) / w.sum(1, keepdim=True))
     assert w.sum(1).eq(16).all()
+
+
+def test_two_patches_merge_into_one_by_hand():
+    """Class token + 2 patches, r = 1: A = {patch 2} folds into B = {patch 1} (size-weighted mean)."""
+    x = torch.tensor([[[9.0, 9.0], [1.0, 2.0], [3.0, 6.0]]])
+    size = torch.tensor([[[1.0], [1.0], [3.0]]])
+    source = torch.eye(3)[None].clone()
+    with torch.device("meta"):  # the index rows it builds follow x's device, not torch's default
+        out, new_size, src = bipartite_merge(x, x, 1, 1, size, source)
+    assert out.tolist() == [[[9.0, 9.0], [2.5, 5.0]]]  # (1 * [1, 2] + 3 * [3, 6]) / 4
+    assert new_size.tolist() == [[[1.0], [4.0]]]
+    assert src.tolist() == [[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]]]
+
+
+def test_r_is_capped_at_half_the_unprotected_tokens_with_two_prefix_tokens():
+    torch.manual_seed(0)
+    x = torch.randn(1, 7, 4)  # 2 prefix tokens + 5 patches: at most 5 // 2 = 2 merges
+    out, size, _ = bipartite_merge(x, x, 10, 2, None, None)
+    assert out.shape == (1, 5, 4) and size[..., 0].sum().item() == 7.0
+    torch.testing.assert_close(out[:, :2], x[:, :2])
+
+
+def test_parse_r_ramp_on_one_and_two_blocks():
+    assert parse_r(1, (4, -1.0)) == [8]  # a single block gets the ramp's start
+    assert parse_r(2, (4, -1.0)) == [8, 0]
+    assert parse_r(2, 5) == [5, 5]

@@ -167,8 +167,12 @@ class Schedule:
         if "prune_kept_num" in d or "merge_kept_num" in d:  # official compression_rate.json entry
             d["prune"] = _parse_official_list(d.pop("prune_kept_num", None))
             d["merge"] = _parse_official_list(d.pop("merge_kept_num", None))
-            if d["prune"] is None:
+            if d["prune"] is None and d["merge"] is None:
+                raise BadInputError("official schedule entry needs a 'prune_kept_num' or 'merge_kept_num' list")
+            if d["prune"] is None:  # merge-only entry
                 d["prune"] = list(d["merge"])
+            if d["merge"] is None:  # prune-only entry: merging keeps everything pruning left
+                d["merge"] = list(d["prune"])
         known = {"prune", "merge", "num_tokens", "num_prefix_tokens", "name", "target_gmacs", "meta"}
         unknown = sorted(set(d) - known)
         if unknown:
