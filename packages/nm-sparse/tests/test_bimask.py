@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nm_sparse import BiMaskLayer
+from nm_sparse import BiMaskFunction, BiMaskLayer, masks
 from nm_sparse.pattern import NMPattern
+from slimkit.errors import BadInputError
 
 DECAY = 0.05
 
@@ -316,3 +317,220 @@ def test_search_picks_best_of_the_random_candidates(monkeypatch: pytest.MonkeyPa
     best = max(range(6), key=lambda k: (scores[k], -k))  # first of the best
     assert layer.perm.tolist() == drawn[best]
     assert float(layer.perm_score) == pytest.approx(scores[best], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- second round: frozen tensors, padding
+
+
+def _small(kind: str, bias: bool) -> tuple[nn.Module, torch.Tensor]:
+    if kind == "linear":
+        return nn.Linear(8, 4, bias=bias), torch.randn(3, 8)
+    return nn.Conv2d(4, 4, 3, padding=1, bias=bias), torch.randn(2, 4, 5, 5)
+
+
+def _dense_weight_grad(base: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    w_ref = base.weight.detach().clone().requires_grad_(True)
+    if isinstance(base, nn.Linear):
+        F.linear(x, w_ref).backward(grad_out)
+    else:
+        base._conv_forward(x, w_ref, None).backward(grad_out)
+    assert w_ref.grad is not None
+    return w_ref.grad
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_frozen_weight_still_gets_the_sparse_input_gradient(kind: str) -> None:
+    base, x = _small(kind, bias=False)
+    base.weight.requires_grad_(False)  # e.g. a frozen layer in front of trainable ones
+    layer = BiMaskLayer(base, NMPattern(2, 4), decay=DECAY)
+    x.requires_grad_(True)
+    out = layer(x)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    assert base.weight.grad is None
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_b = base.weight * layer.backward_mask()
+    (F.linear(x_ref, w_b) if kind == "linear" else base._conv_forward(x_ref, w_b, None)).backward(grad_out)
+    assert x.grad is not None and x_ref.grad is not None
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_weight_gradient_without_bias_and_without_input_gradient(kind: str) -> None:
+    base, x = _small(kind, bias=False)  # x is data: no input gradient wanted
+    layer = BiMaskLayer(base, NMPattern(2, 4), decay=DECAY)
+    out = layer(x)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    w = base.weight.detach()
+    assert base.weight.grad is not None
+    expected = _dense_weight_grad(base, x, grad_out) + DECAY * (~layer.forward_mask()).float() * w
+    torch.testing.assert_close(base.weight.grad, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_frozen_bias_gets_no_gradient_and_float64_decay_is_exact(kind: str) -> None:
+    base, x = _small(kind, bias=True)
+    base.double()
+    base.bias.requires_grad_(False)
+    layer = BiMaskLayer(base, NMPattern(2, 4), decay=1 / 3)
+    layer(torch.zeros_like(x, dtype=torch.float64)).sum().backward()  # zero input: dW is the decay term alone
+    w = base.weight.detach()
+    assert base.bias.grad is None and base.weight.grad is not None and base.weight.grad.dtype == torch.float64
+    assert torch.equal(base.weight.grad, (1 / 3) * (~layer.forward_mask()).double() * w)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dims", [1, 2])
+def test_function_accepts_integer_conv_arguments(dims: int, groups: int) -> None:
+    """``BiMaskFunction`` takes ``(stride, padding, dilation, groups)`` as plain ints, like ``F.conv{1,2}d``."""
+    weight = torch.randn(4, 4 // groups, *([3] * dims), requires_grad=True)
+    mask_f = torch.rand(weight.shape) < 0.5
+    mask_b = mask_f & (torch.rand(weight.shape) < 0.5)
+    x = torch.randn(2, 4, *([6] * dims), requires_grad=True)
+    out = BiMaskFunction.apply(x, weight, None, mask_f, mask_b, DECAY, (2, 1, 1, groups))
+    conv = F.conv1d if dims == 1 else F.conv2d
+    torch.testing.assert_close(out, conv(x, weight * mask_f, None, 2, 1, 1, groups))
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = weight.detach().clone().requires_grad_(True)
+    conv(x_ref, weight.detach() * mask_b, None, 2, 1, 1, groups).backward(grad_out)
+    conv(x.detach(), w_ref, None, 2, 1, 1, groups).backward(grad_out)
+    assert x.grad is not None and weight.grad is not None and x_ref.grad is not None and w_ref.grad is not None
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    expected_dw = w_ref.grad + DECAY * (~mask_f).float() * weight.detach()
+    torch.testing.assert_close(weight.grad, expected_dw, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_valid_padding_string_means_no_padding(dims: int) -> None:
+    conv_cls = nn.Conv1d if dims == 1 else nn.Conv2d
+    base = conv_cls(4, 4, 3, padding="valid")
+    layer = BiMaskLayer(base, NMPattern(2, 4))
+    x = torch.randn(2, 4, *([6] * dims), requires_grad=True)  # training path (gradients wanted)
+    out = layer(x)
+    assert out.shape == (2, 4, *([4] * dims))
+    expected = base._conv_forward(x.detach(), base.weight.detach() * layer.forward_mask(), base.bias.detach())
+    torch.testing.assert_close(out, expected)
+
+
+def test_same_padding_with_even_kernel_is_refused() -> None:
+    layer = BiMaskLayer(nn.Conv2d(4, 4, (3, 2), padding="same"), NMPattern(2, 4))
+    with pytest.raises(BadInputError) as err:
+        layer(torch.randn(1, 4, 5, 5, requires_grad=True))
+    assert str(err.value) == "Bi-Mask supports padding='same' only with odd effective kernel sizes"
+
+
+@pytest.mark.parametrize("refresh", ["step", "forward"])
+def test_interval_one_re_searches_before_every_later_step(monkeypatch: pytest.MonkeyPatch, refresh: str) -> None:
+    """T=1: construction searches once, then every step (or every training forward after the first)."""
+    layer = BiMaskLayer(nn.Linear(8, 8), NMPattern(2, 4), candidates=2, interval=1, refresh=refresh)
+    searches: list[int] = []
+    original = layer.search_permutation
+    monkeypatch.setattr(layer, "search_permutation", lambda: searches.append(layer.steps_done) or original())
+    x = torch.randn(2, 8)
+    for _ in range(3):
+        layer(x)
+        layer.on_step()
+    # "step": counted by on_step, searched after each; "forward": searched before forwards 2 and 3
+    assert searches == ([1, 2, 3] if refresh == "step" else [1, 2])
+    assert layer.steps_done == 3
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_no_backward_mask_when_no_gradient_is_needed(monkeypatch: pytest.MonkeyPatch, frozen: bool) -> None:
+    """Inference (no_grad, or nothing requiring grad) only applies the forward mask: M_b is never computed."""
+    import nm_sparse.bimask as bimask_module
+
+    base = nn.Conv2d(4, 4, 3, padding=1)
+    layer = BiMaskLayer(base, NMPattern(2, 4))
+
+    def no_backward_mask(*args: object) -> torch.Tensor:
+        raise AssertionError("the backward mask was computed for an inference forward")
+
+    monkeypatch.setattr(bimask_module, "backward_mask", no_backward_mask)
+    x = torch.randn(1, 4, 5, 5)
+    if frozen:
+        base.requires_grad_(False)
+        out = layer(x)
+    else:
+        with torch.no_grad():
+            out = layer(x.requires_grad_(True))
+    torch.testing.assert_close(
+        out, F.conv2d(x.detach(), base.weight.detach() * layer.forward_mask(), base.bias, padding=1)
+    )
+
+
+def test_layer_defaults_follow_the_official_code() -> None:
+    """Defaults (module docstring): SR-STE decay 2e-4, K=10 candidates, re-search every T=100 steps, 'kept' scorer."""
+    base = nn.Linear(16, 8)
+    layer = BiMaskLayer(base, NMPattern(2, 4))
+    assert layer.extra_repr() == "method=bimask, pattern=2:4, layout=cin, decay=0.0002, K=10, T=100, scorer=kept"
+    assert layer.keep_current is False and layer.refresh_mode == "step"
+    explicit = BiMaskLayer(
+        base,
+        NMPattern(2, 4),
+        "cin",
+        2e-4,
+        candidates=10,
+        interval=100,
+        scorer="kept",
+        keep_current=False,
+        refresh="step",
+        seed=0,
+    )
+    assert torch.equal(layer.perm, explicit.perm) and float(layer.perm_score) == float(explicit.perm_score)
+
+
+def test_flat_layout_masks() -> None:
+    base = nn.Conv2d(4, 4, 3)
+    layer = BiMaskLayer(base, NMPattern(2, 4), layout="flat", candidates=3)
+    w = base.weight.detach()
+    expected = masks.weight_nm_mask(w, 2, 4, "flat")
+    assert not torch.equal(expected, masks.weight_nm_mask(w, 2, 4, "cin"))  # the layouts differ here
+    assert layer.layout == "flat" and torch.equal(layer.forward_mask(), expected)
+    mat = masks.to_gemm_matrix(w, "flat")
+    backward = masks.backward_mask_reference(mat, masks.to_gemm_matrix(expected, "flat"), layer.perm, 2, 4)
+    assert torch.equal(layer.backward_mask(), masks.from_gemm_matrix(backward, w.shape, "flat"))
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        (nn.Linear(8, 6), "Bi-Mask needs output channels divisible by m=4, got 6"),
+        (nn.Conv2d(8, 8, 3, groups=2), "Bi-Mask does not support grouped convolutions"),
+    ],
+)
+def test_layer_refusals(base: nn.Module, expected: str) -> None:
+    with pytest.raises(BadInputError) as err:
+        BiMaskLayer(base, NMPattern(2, 4))
+    assert str(err.value) == expected
+
+
+def test_state_buffers_dtypes_whatever_the_default_dtype() -> None:
+    """Checkpointed state: an exact int64 step counter and row order, a float32 score (the scorers' dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        layer = BiMaskLayer(nn.Linear(8, 8, dtype=torch.float32), NMPattern(2, 4), candidates=2)
+    finally:
+        torch.set_default_dtype(previous)
+    state = layer.state_dict()
+    assert (state["perm"].dtype, state["step_count"].dtype, state["perm_score"].dtype) == (
+        torch.int64,
+        torch.int64,
+        torch.float32,
+    )
+    layer.on_step()
+    assert state["step_count"].dtype == torch.int64 and layer.steps_done == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_state_buffers_live_on_the_weight_device() -> None:
+    layer = BiMaskLayer(nn.Linear(8, 8, device="cuda"), NMPattern(2, 4), candidates=2)
+    assert {name: buf.device.type for name, buf in layer.named_buffers()} == {
+        "perm": "cuda",
+        "step_count": "cuda",
+        "perm_score": "cuda",
+    }

@@ -179,3 +179,92 @@ def test_unstructured_mask_ties_follow_index_order() -> None:
     # |w| sorted stably: the three 2s (indices 1, 2, 4), then the 1s in index order (0, 3, 5, 6)
     assert masks.unstructured_mask(w, 0.5).reshape(-1).nonzero().flatten().tolist() == [0, 1, 2, 4]
     assert int(masks.unstructured_mask(w, 1.0).sum()) == 8 and int(masks.unstructured_mask(w, 0.0).sum()) == 0
+
+
+# --------------------------------------------------------------------------- second round: edge densities, dtypes
+
+
+def test_unstructured_mask_edge_densities() -> None:
+    w = torch.tensor([[0.5, -3.0, 2.0, 1.0], [float("nan"), 0.25, -4.0, 0.0]])
+    one = masks.unstructured_mask(w[:1], 0.25)  # round(0.25 * 4) = 1: only the largest |w|
+    assert one.dtype == torch.bool and one.tolist() == [[False, True, False, False]]
+    none = masks.unstructured_mask(w, 0.05)  # round(0.4) = 0
+    assert none.dtype == torch.bool and not bool(none.any()) and none.shape == w.shape
+    every = masks.unstructured_mask(w, 1.0)  # keep = numel: every weight, whatever its value (NaN too)
+    assert every.dtype == torch.bool and bool(every.all()) and every.shape == w.shape
+    # the all-or-nothing masks live on the weight's device (meta: shapes and devices only, no data)
+    assert masks.unstructured_mask(w.to("meta"), 0.0).device.type == "meta"
+    assert masks.unstructured_mask(w.to("meta"), 1.0).device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spatial_mask_has_the_weight_dtype(dtype: torch.dtype) -> None:
+    w = torch.randn(4, 8, 3, 3, dtype=dtype)
+    s = masks.spatial_mask_reference(w, 2, 4)
+    assert s.dtype == dtype and s.shape == (3, 3)
+    assert set(s.flatten().tolist()) <= {0.0, 1.0}
+
+
+def test_group_axis_size_per_layout_and_rank() -> None:
+    assert masks.group_axis_size((8, 6, 3, 3)) == 6  # default layout: cin, the input channels
+    assert masks.group_axis_size((8, 6, 3, 3), "flat") == 54
+    assert masks.group_axis_size((8, 6, 3), "cin") == 6  # Conv1d
+    assert masks.group_axis_size((8, 6, 3), "flat") == 18
+    assert masks.group_axis_size((8, 6), "cin") == masks.group_axis_size((8, 6), "flat") == 6  # Linear
+
+
+def test_gemm_views_exact_layout() -> None:
+    w = torch.arange(8 * 4 * 3, dtype=torch.float32).reshape(8, 4, 3)  # Conv1d [O, I, k], O != I
+    cin = masks.to_gemm_matrix(w)  # default layout: cin, I innermost: column k * I + i holds w[o, i, k]
+    assert cin.shape == (8, 12) and torch.equal(cin, masks.to_gemm_matrix(w, "cin"))
+    assert all(float(cin[o, k * 4 + i]) == float(w[o, i, k]) for o in (0, 7) for i in range(4) for k in range(3))
+    flat = masks.to_gemm_matrix(w, "flat")  # row-major: column i * k + tap
+    assert flat.shape == (8, 12) and torch.equal(flat, w.reshape(8, 12))
+    assert torch.equal(masks.from_gemm_matrix(cin, w.shape), w)  # default layout: cin
+    assert torch.equal(masks.from_gemm_matrix(flat, w.shape, "flat"), w)
+    conv2d = torch.randn(8, 4, 3, 3)
+    assert masks.to_gemm_matrix(conv2d, "flat").shape == (8, 36)
+    assert torch.equal(masks.to_gemm_matrix(conv2d), conv2d.permute(0, 2, 3, 1).reshape(8, 36))
+
+
+def test_layout_error_message() -> None:
+    with pytest.raises(BadInputError) as err:
+        masks.check_layout("nhwc")
+    assert str(err.value) == "layout must be one of ('cin', 'flat'), got 'nhwc'"
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "expected"),
+    [
+        ("2", 4, "N:M pattern needs integers, got n='2', m=4"),
+        (True, 4, "N:M pattern needs integers, got n=True, m=4"),
+        (2, True, "N:M pattern needs integers, got n=2, m=True"),
+        (2, 4.0, "N:M pattern needs integers, got n=2, m=4.0"),
+        (1, 0, "M must be in [1, 32] (the kernels' limit), got 1:0"),
+        (2, 33, "M must be in [1, 32] (the kernels' limit), got 2:33"),
+        (0, 4, "N (weights kept per group) must be in [1, M=4], got 0:4"),
+        (5, 4, "N (weights kept per group) must be in [1, M=4], got 5:4"),
+    ],
+)
+def test_pattern_validation_messages(n: object, m: object, expected: str) -> None:
+    with pytest.raises(BadInputError) as err:
+        NMPattern(n, m)  # type: ignore[arg-type]
+    assert str(err.value) == expected
+
+
+def test_pattern_bounds_properties_and_parse_messages() -> None:
+    for n, m in [(1, 1), (32, 32), (1, 32), (4, 4)]:
+        assert (NMPattern(n, m).n, NMPattern(n, m).m) == (n, m)
+    assert (NMPattern(1, 4).density, NMPattern(1, 4).sparsity) == (0.25, 0.75)
+    assert (NMPattern(3, 8).density, NMPattern(3, 8).sparsity, str(NMPattern(3, 8))) == (0.375, 0.625, "3:8")
+    assert parse_pattern([2, 8]) == NMPattern(2, 8) and parse_pattern(NMPattern(1, 4)) == NMPattern(1, 4)
+    for spec, expected in [
+        ("a:b", "cannot parse N:M pattern 'a:b'; write it as 'N:M', e.g. '2:4'"),
+        ("2:4:8", "cannot parse N:M pattern '2:4:8'; write it as 'N:M', e.g. '2:4'"),
+        (2.5, "cannot parse N:M pattern 2.5; use 'N:M', (n, m) or {'n': .., 'm': ..}"),
+        ({"n": 2, "m": 4, "k": 1}, "cannot parse N:M pattern {'n': 2, 'm': 4, 'k': 1}; use 'N:M', (n, m) or {'n': .., 'm': ..}"),
+        ((2, 4, 8), "cannot parse N:M pattern (2, 4, 8); use 'N:M', (n, m) or {'n': .., 'm': ..}"),
+    ]:
+        with pytest.raises(BadInputError) as err:
+            parse_pattern(spec)
+        assert str(err.value) == expected

@@ -121,3 +121,73 @@ def test_step_function_and_callback_in_slimkit_train(tmp_path: Path) -> None:
     assert all(int(layer.step_count) == 5 for layer in layers.values())
     nm_sparse.step(model)
     assert all(int(layer.step_count) == 6 for layer in layers.values())
+
+
+def test_unwrap_leaves_other_packages_wrappers_in_place() -> None:
+    from slimkit.wrappers import WrapperModule
+
+    class OtherWrapper(WrapperModule):  # e.g. another slimkit package's wrapper on the dense head
+        pass
+
+    model = Mixed()
+    nm_sparse.sparsify(model, NMConfig())
+    embed = model.embed.base_layer
+    head = model.head
+    model.head = OtherWrapper(head)
+    assert nm_sparse.unwrap(model) == 2  # embed and odd (narrow is skipped, head is kept dense)
+    assert model.embed is embed and isinstance(model.head, OtherWrapper) and model.head.base_layer is head
+    assert not nm_sparse.nm_layers(model)
+
+
+def test_report_lists_each_wrapped_layer() -> None:
+    model = Mixed()
+    report = nm_sparse.sparsify(model, NMConfig())
+    assert [(r.name, r.type, r.shape, r.method, r.bn, r.note) for r in report.layers] == [
+        ("embed", "Linear", [16, 8], "srste", None, ""),
+        ("odd", "Linear", [6, 16], "srste", None, ""),
+    ]
+
+
+def test_selection_error_messages() -> None:
+    def message(model: nn.Module, config: NMConfig) -> str:
+        with pytest.raises(BadInputError) as err:
+            nm_sparse.sparsify(model, config)
+        return str(err.value)
+
+    model = Mixed()
+    assert message(model, NMConfig(include=["embed", "narrow"])) == (
+        "cannot apply 2:4 to requested layers: narrow: input features 6 not divisible by m=4"
+    )
+    assert message(model, NMConfig(include=["nope", "embed", "gone"])) == "include names no Linear/Conv layer: nope, gone"
+    assert message(model, NMConfig(include=["x.*", "y?"])) == "include x.*, y? matches no Linear/Conv layer"
+    nm_sparse.sparsify(model, NMConfig())
+    assert message(model, NMConfig()) == "model is already sparsified; call nm_sparse.unwrap or nm_sparse.deploy first"
+
+
+def test_report_fields_and_keep_last_dense_off() -> None:
+    model = Mixed()
+    report = nm_sparse.sparsify(model, NMConfig(keep_last_dense=False, layout="flat"))
+    assert (report.method, report.pattern, report.layout) == ("srste", "2:4", "flat")
+    assert report.names == ["embed", "odd", "head"]  # the classifier is sparsified too
+    assert [(s.name, s.type, s.shape, s.reason) for s in report.skipped] == [
+        ("narrow", "Linear", [16, 6], "input features 6 not divisible by m=4")
+    ]
+    assert report.total_params == 16 * 8 + 6 * 16 + 16 * 6 + 3 * 16  # every candidate layer, wrapped or not
+    assert report.sparsified_params == 16 * 8 + 6 * 16 + 3 * 16
+
+
+def test_dense_method_reports_every_candidate_and_two_named_errors_join() -> None:
+    report = nm_sparse.sparsify(Mixed(), NMConfig(method="dense"))
+    assert report.names == []
+    assert [(s.name, s.reason) for s in report.skipped] == [
+        ("embed", "method is dense"),
+        ("odd", "method is dense"),
+        ("narrow", "method is dense"),
+        ("head", "last Linear (classifier) kept dense"),
+    ]
+    with pytest.raises(BadInputError) as err:
+        nm_sparse.sparsify(Mixed(), NMConfig(method="bimask", include=["odd", "narrow"]))
+    assert str(err.value) == (
+        "cannot apply 2:4 to requested layers: odd: output channels 6 not divisible by m=4 (bimask masks the outputs"
+        " too); narrow: input features 6 not divisible by m=4"
+    )

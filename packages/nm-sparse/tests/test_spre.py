@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from fractions import Fraction
 from types import SimpleNamespace
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 import nm_sparse
 from nm_sparse import NMConfig, SpReConv, masks
+from nm_sparse.config import SpReConfig
 from nm_sparse.pattern import NMPattern
 
 
@@ -354,3 +356,135 @@ def test_spre_branch_mask_with_tied_groups(path: str) -> None:
     branch = layer.branch_mask(main)
     assert torch.equal(branch, expected_main.float() * torch.tensor(expected_s))
     assert int(branch.sum()) == 4 * 2 * 2 * 5  # 4 out x 2 groups x 2 kept x 5 active positions
+
+
+# --------------------------------------------------------------------------- second round: defaults, layout, errors
+
+
+def test_layer_defaults_kaiming_branch_step_refresh_and_no_displaced_bn() -> None:
+    conv, bn = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+    torch.manual_seed(5)
+    layer = SpReConv(copy.deepcopy(conv), copy.deepcopy(bn), NMPattern(2, 4))
+    torch.manual_seed(5)
+    explicit = SpReConv(
+        copy.deepcopy(conv), copy.deepcopy(bn), NMPattern(2, 4), "cin", 2e-4, branch_init="kaiming", refresh="step"
+    )
+    assert layer.extra_repr() == "method=spre, pattern=2:4, layout=cin, decay=0.0002"
+    assert layer.refresh_mode == "step"
+    # the extra branch is re-initialised (kaiming), not a copy of the main weights
+    assert torch.equal(layer.branch.weight, explicit.branch.weight)
+    assert not torch.equal(layer.branch.weight, conv.weight)
+    assert layer.displaced() == {}  # built by hand: it took no BatchNorm out of a model
+
+
+def test_flat_layout_and_conv_bias_in_the_main_branch() -> None:
+    base = nn.Conv2d(4, 4, 3, padding=1, bias=True)
+    layer = SpReConv(base, nn.BatchNorm2d(4), NMPattern(2, 4), layout="flat").eval()
+    w = base.weight.detach()
+    m_flat = masks.weight_nm_mask(w, 2, 4, "flat")
+    assert not torch.equal(m_flat, masks.weight_nm_mask(w, 2, 4, "cin"))  # the layouts differ here
+    assert torch.equal(layer.forward_mask(), m_flat)
+    x = torch.randn(2, 4, 5, 5)
+    s = layer.spatial_mask
+    main = layer.base_bn(F.conv2d(x, w * m_flat, base.bias, padding=1))
+    extra = layer.branch_bn(F.conv2d(x, layer.branch.weight.detach() * m_flat * s, None, padding=1))
+    torch.testing.assert_close(layer(x), main + extra)
+
+
+def test_branch_mask_of_a_given_main_mask() -> None:
+    layer = _spre()
+    given = torch.zeros(8, 8, 3, 3, dtype=torch.bool)
+    given[0] = True  # not the layer's own N:M mask
+    assert torch.equal(layer.branch_mask(given), given.float() * layer.spatial_mask)
+    assert torch.equal(layer.branch_mask(), layer.forward_mask().float() * layer.spatial_mask)
+
+
+def test_min_kernel_is_inclusive() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(8, 8, 2, bias=False), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8)
+    )
+    report = nm_sparse.sparsify(model, SpReConfig(keep_first_dense=False))  # min_kernel=2: any k x k with k > 1
+    assert isinstance(model[0], SpReConv) and isinstance(model[1], nn.Identity)
+    assert not isinstance(model[2], SpReConv) and isinstance(model[3], nn.BatchNorm2d)  # 1x1: SR-STE, BN stays
+    assert [(layer.name, layer.method, layer.note) for layer in report.layers] == [
+        ("0", "spre", ""),
+        ("2", "srste", ""),
+    ]
+
+
+class _TwoConvBN(nn.Module):
+    def __init__(self, track: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8, track_running_stats=track)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn_b(self.b(self.bn_a(self.a(x))))
+
+
+@pytest.mark.parametrize(
+    ("track", "bn_map", "expected"),
+    [
+        (True, {"a": "b"}, "'b' (paired with a) is not a BatchNorm2d over its output channels"),
+        (True, {"a": "bn_a", "b": "bn_a"}, "BatchNorm 'bn_a' is paired with more than one conv"),
+        (False, None, "'bn_a' does not track running statistics, so SpRe cannot fold it"),
+    ],
+)
+def test_bad_bn_pairing_errors(track: bool, bn_map: dict[str, str] | None, expected: str) -> None:
+    model = _TwoConvBN(track)
+    with pytest.raises(nm_sparse.masks.BadInputError) as err:
+        nm_sparse.sparsify(model, SpReConfig(keep_first_dense=False, bn_map=bn_map))
+    assert str(err.value) == expected
+    assert not nm_sparse.nm_layers(model)  # nothing half-done
+
+
+@pytest.mark.parametrize(
+    ("conv", "bn", "expected"),
+    [
+        (nn.Conv1d(8, 8, 3), nn.BatchNorm2d(8), "SpRe wraps Conv2d layers"),
+        (nn.Conv2d(8, 8, 3), nn.BatchNorm2d(4), "SpRe needs a BatchNorm2d over the conv's output channels"),
+        (nn.Conv2d(8, 8, 3), nn.BatchNorm1d(8), "SpRe needs a BatchNorm2d over the conv's output channels"),
+        (
+            nn.Conv2d(8, 8, 3),
+            nn.BatchNorm2d(8, track_running_stats=False),
+            "SpRe needs a BatchNorm that tracks running statistics (to fold it)",
+        ),
+    ],
+)
+def test_layer_refusals(conv: nn.Module, bn: nn.Module, expected: str) -> None:
+    with pytest.raises(nm_sparse.masks.BadInputError) as err:
+        SpReConv(conv, bn, NMPattern(2, 4))  # type: ignore[arg-type]
+    assert str(err.value) == expected
+
+
+def test_branch_init_modes_and_branch_bn_settings() -> None:
+    conv = nn.Conv2d(4, 8, 3, padding=1, bias=False)  # fan_in 36, fan_out 72: the kaiming mode matters
+    bn = nn.BatchNorm2d(8, eps=1e-3, momentum=0.3)
+    torch.manual_seed(7)
+    layer = SpReConv(copy.deepcopy(conv), copy.deepcopy(bn), NMPattern(2, 4))
+    torch.manual_seed(7)
+    expected = torch.empty(8, 4, 3, 3)
+    nn.init.kaiming_normal_(expected, mode="fan_out", nonlinearity="relu")  # the official code's init
+    assert torch.equal(layer.branch.weight, expected)
+    assert (layer.branch_bn.eps, layer.branch_bn.momentum) == (1e-3, 0.3)  # the main BatchNorm's settings
+    zeros = SpReConv(copy.deepcopy(conv), copy.deepcopy(bn), NMPattern(2, 4), branch_init="zeros")
+    assert not bool(zeros.branch.weight.any())
+    copied = SpReConv(copy.deepcopy(conv), copy.deepcopy(bn), NMPattern(2, 4), branch_init="copy")
+    assert torch.equal(copied.branch.weight, conv.weight)
+
+
+def test_float64_layer_keeps_float64_state() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False, dtype=torch.float64)
+    layer = SpReConv(conv, nn.BatchNorm2d(4, dtype=torch.float64), NMPattern(2, 4))
+    assert layer.spatial_mask.dtype == torch.float64
+    assert {p.dtype for p in layer.branch_bn.parameters()} == {torch.float64}
+    out = layer(torch.randn(2, 4, 5, 5, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_state_lives_on_the_weight_device() -> None:
+    layer = SpReConv(nn.Conv2d(4, 4, 3, device="cuda"), nn.BatchNorm2d(4, device="cuda"), NMPattern(2, 4))
+    assert {t.device.type for t in [*layer.parameters(), *layer.buffers()]} == {"cuda"}

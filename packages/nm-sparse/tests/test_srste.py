@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import nm_sparse
 from nm_sparse import ASPLayer, SRSTELayer, TransposableLayer, UnstructuredLayer, masks
+from nm_sparse.config import TransposableConfig
 from nm_sparse.pattern import NMPattern
 
 
@@ -113,3 +115,108 @@ def test_transposable_layer_both_directions() -> None:
     cm = conv.forward_mask()
     assert bool((cm.permute(0, 2, 3, 1).reshape(4, 3, 3, 2, 4).sum(-1) == 2).all())  # along C_in
     assert bool((cm.sum(0) == 2).all())  # down the 4 output channels at every (C_in, kh, kw)
+
+
+# --------------------------------------------------------------------------- second round: baselines
+
+
+def test_asp_flat_layout_mask_is_a_bool_buffer_and_forward_adds_bias() -> None:
+    base = nn.Conv2d(4, 4, 3, bias=True)
+    original = base.weight.detach().clone()
+    layer = ASPLayer(base, NMPattern(2, 4), layout="flat")
+    assert layer.layout == "flat"
+    expected = masks.weight_nm_mask(original, 2, 4, "flat")
+    assert not torch.equal(expected, masks.weight_nm_mask(original, 2, 4, "cin"))  # the layouts differ here
+    assert layer.mask.dtype == torch.bool and torch.equal(layer.mask, expected)
+    assert torch.equal(layer.state_dict()["mask"], expected)
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(layer(x), F.conv2d(x, original * expected, base.bias))
+
+
+def test_asp_linear_forward_uses_the_bias() -> None:
+    base = nn.Linear(8, 4)
+    with torch.no_grad():
+        base.bias.copy_(torch.tensor([1.0, -2.0, 3.0, 4.0]))
+    layer = ASPLayer(base, NMPattern(2, 4))
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), F.linear(x, base.weight * layer.mask, base.bias))
+
+
+def test_transposable_default_decay_is_srste_2e_4() -> None:
+    base = nn.Linear(8, 8, bias=False)
+    layer = TransposableLayer(base, NMPattern(2, 4))
+    mask = layer.forward_mask()
+    x = torch.randn(3, 8)
+    layer(x).sum().backward()
+    dense = torch.ones(3, 8).t() @ x  # d sum / d (W ⊙ mask), straight through to W
+    assert base.weight.grad is not None
+    torch.testing.assert_close(base.weight.grad, dense + 2e-4 * (~mask).float() * base.weight.detach())
+
+
+def test_transposable_flat_layout_on_conv() -> None:
+    base = nn.Conv2d(4, 4, 3)
+    layer = TransposableLayer(base, NMPattern(2, 4), layout="flat")
+    w = base.weight.detach()
+    gemm = masks.transposable_mask_reference(masks.to_gemm_matrix(w, "flat"), 2, 4)
+    expected = masks.from_gemm_matrix(gemm, w.shape, "flat")
+    cin = masks.from_gemm_matrix(
+        masks.transposable_mask_reference(masks.to_gemm_matrix(w, "cin"), 2, 4), w.shape, "cin"
+    )
+    assert not torch.equal(expected, cin)  # the layouts differ here
+    assert torch.equal(layer.forward_mask(), expected)
+    assert bool((expected.reshape(4, 9, 4).sum(-1) == 2).all())  # N:M along each flattened filter
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(layer(x), F.conv2d(x, w * expected, base.bias))
+
+
+class _Three(nn.Module):
+    def __init__(self, ok_in: int = 8) -> None:
+        super().__init__()
+        self.ok = nn.Linear(ok_in, ok_in)
+        self.odd_out = nn.Linear(ok_in, 6)
+        self.odd_in = nn.Linear(6, ok_in)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "ok_in", "expected"),
+    [
+        (
+            "2:4",
+            8,
+            {
+                "odd_out": "output channels 6 not divisible by m=4 (transposable masks the outputs too)",
+                "odd_in": "input features 6 not divisible by m=4",
+            },
+        ),
+        (
+            "2:8",
+            8,
+            {
+                "ok": "transposable masks need m <= 4, got m=8",
+                "odd_out": "output channels 6 not divisible by m=8 (transposable masks the outputs too)",
+                "odd_in": "input features 6 not divisible by m=8",
+            },
+        ),
+        (
+            "2:5",
+            10,
+            {
+                "ok": "transposable masks need m <= 4, got m=5",
+                "odd_out": "output channels 6 not divisible by m=5 (transposable masks the outputs too)",
+                "odd_in": "input features 6 not divisible by m=5",
+            },
+        ),
+    ],
+)
+def test_transposable_refusal_reasons(pattern: str, ok_in: int, expected: dict[str, str]) -> None:
+    model = _Three(ok_in)
+    report = nm_sparse.sparsify(
+        model, TransposableConfig(pattern=pattern, keep_first_dense=False, keep_last_dense=False)
+    )
+    assert {s.name: s.reason for s in report.skipped} == expected
+    assert report.names == (["ok"] if "ok" not in expected else [])
+
+
+def test_srste_default_decay_is_2e_4() -> None:
+    layer = SRSTELayer(nn.Linear(8, 4), NMPattern(2, 4))
+    assert layer.extra_repr() == "method=srste, pattern=2:4, layout=cin, decay=0.0002"
