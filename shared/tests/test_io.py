@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import json
-import locale
 import os
 import re
 import stat
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,21 +171,6 @@ def test_current_umask_leaves_the_umask_alone(umask: Callable[[int], None]) -> N
 
 def _raises_exactly(exc: type[Exception], message: str) -> Any:
     return pytest.raises(exc, match=f"^{re.escape(message)}$")
-
-
-@pytest.fixture
-def c_locale() -> Iterator[None]:
-    """The C locale (ASCII): files slimkit wrote in UTF-8 must still read back."""
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode ignores the locale")
-    old = locale.setlocale(locale.LC_CTYPE)
-    try:
-        locale.setlocale(locale.LC_CTYPE, "C")
-        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
-            pytest.skip("this platform's C locale is UTF-8")
-        yield
-    finally:
-        locale.setlocale(locale.LC_CTYPE, old)
 
 
 @dataclass

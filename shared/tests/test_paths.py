@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import errno
 import json
-import locale
 import os
 import re
 import stat
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -266,21 +264,6 @@ def umask_027() -> Iterator[None]:
     old = os.umask(0o027)
     yield
     os.umask(old)
-
-
-@pytest.fixture
-def c_locale() -> Iterator[None]:
-    """The C locale (ASCII): a marker slimkit wrote in UTF-8 must still read back."""
-    if sys.flags.utf8_mode:
-        pytest.skip("Python's UTF-8 mode ignores the locale")
-    old = locale.setlocale(locale.LC_CTYPE)
-    try:
-        locale.setlocale(locale.LC_CTYPE, "C")
-        if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
-            pytest.skip("this platform's C locale is UTF-8")
-        yield
-    finally:
-        locale.setlocale(locale.LC_CTYPE, old)
 
 
 @pytest.mark.parametrize("marker", ["[1]", "{}", '{"kind": 5}', '{"kind": ""}', '{"kind": null}', '"demo"'])
