@@ -80,12 +80,16 @@ def _num_classes(data: Dataset[Any]) -> int:
     return int(tensors[1].max()) + 1
 
 
+def _layout(data: str, eval_split: str) -> tuple[int, str]:
+    """(input channels, held-out split): digits is grey with no test split, the generated sets are RGB."""
+    return (1, "val") if data == "digits" else (3, eval_split)
+
+
 def table_data(data: str, seed: int, eval_split: str = "test") -> tuple[Dataset[Any], Dataset[Any]]:
     """(train, held-out) sets at the table ViT's input size: digits as grey images with its val split
     held out (it has no test split), the generated sets as RGB with ``eval_split`` held out."""
     size = int(DIGITS_VIT_DEFAULTS["img_size"])
-    chans = 1 if data == "digits" else 3
-    held = "val" if data == "digits" else eval_split
+    chans, held = _layout(data, eval_split)
     return (resolve_dataset(data, split="train", image_size=size, channels=chans, seed=seed),
             resolve_dataset(data, split=held, image_size=size, channels=chans, seed=seed))  # fmt: skip
 
@@ -152,8 +156,7 @@ def method_table(
     for ratio in ratios:
         if not 0.0 < ratio < 1.0:
             raise BadInputError(f"every budget ratio must be in (0, 1), got {ratio}")
-    chans = 1 if data == "digits" else 3
-    eval_split = "val" if data == "digits" else s.eval_split
+    chans, eval_split = _layout(data, s.eval_split)
     runs: list[dict[str, Any]] = []
     bar: Any = progress(total=len(seeds) * (1 + 2 * len(ratios)), desc="table", disable=not show_progress)
     with tempfile.TemporaryDirectory(prefix="token-rate-table-") as tmp:
