@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nm_sparse.sweep as sweep
 from nm_sparse.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -132,6 +133,29 @@ def test_table_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(out["diagnostics"]["bimask_backward"]) == 2
     assert "nm-sparse table" in out["command"]
     assert (tmp_path / "table.md").read_text().count("|") > 6
+
+
+def test_table_training_options_reach_every_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--weight-decay and --warmup-steps reach both phases of a prune-after-dense run and the
+    dynamic methods' run, and the reproducing command repeats them."""
+    seen: list[tuple[str, float, int]] = []
+
+    def spy(real):  # type: ignore[no-untyped-def]
+        def call(model, data, config, *rest):  # type: ignore[no-untyped-def]
+            seen.append((Path(config.output_dir).name, config.weight_decay, config.warmup_steps))
+            return real(model, data, config, *rest)
+
+        return call
+
+    monkeypatch.setattr(sweep, "train", spy(sweep.train))
+    monkeypatch.setattr(sweep, "fit", spy(sweep.fit))
+    code, out, _ = _run(
+        capsys, "table", "--methods", "asp,srste", "--patterns", "2:4", "--seeds", "0", "--steps", "4",
+        "--weight-decay", "0.01", "--warmup-steps", "3", "--json",
+    )  # fmt: skip
+    assert code == 0 and out is not None
+    assert seen == [("asp_2of4_0_dense", 0.01, 3), ("asp_2of4_0_sparse", 0.01, 3), ("srste_2of4_0_train", 0.01, 3)]
+    assert " --weight-decay 0.01 --warmup-steps 3 " in out["command"]
 
 
 @pytest.mark.parametrize(

@@ -293,6 +293,7 @@ def test_table_cells_and_matching(capsys, tmp_path):
     )  # fmt: skip
     assert (res["data"], res["eval_split"], res["seeds"], res["ratios"]) == ("digits", "val", [5, 6], [0.5])
     assert res["command"].startswith("token-rate table --data digits --seeds 5,6 --ratios 0.5 --train-steps 2 ")
+    assert " --train-warmup-steps 1 " in res["command"] and res["settings"]["train_warmup_steps"] is None
     rows = {(r["variant"], r["budget"]): r for r in res["rows"]}
     assert list(rows) == [("uncompressed", 1.0), ("diffrate", 0.5), ("diffrate_warm", 0.5), ("tome", 0.5)]
     assert rows[("uncompressed", 1.0)]["gmacs_ratio"] == 1.0
@@ -311,3 +312,5 @@ def test_table_cells_and_matching(capsys, tmp_path):
     assert len(res["markdown"].splitlines()) == 2 + 4
     code, _, err = _run(capsys, "table", "--ratios", "0.5,1.2")
     assert code == 2 and err.strip().endswith("--ratios must each be in (0, 1), got 1.2")
+    code, _, err = _run(capsys, "table", "--train-warmup-steps", "-1")
+    assert code == 2 and err.strip().endswith("--train-warmup-steps must be >= 0, got -1")

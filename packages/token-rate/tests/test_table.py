@@ -9,7 +9,7 @@ from token_rate.bench import matched_tome_r
 from token_rate.flops import analytic_macs, tome_token_counts
 from token_rate.models import digits_vit
 from token_rate.patch import model_dims
-from token_rate.table import method_table, table_data, warm_start_schedule
+from token_rate.table import TableSettings, method_table, table_data, warm_start_schedule
 
 
 def test_warm_start_is_tomes_token_counts_at_the_budget():
@@ -28,6 +28,13 @@ def test_table_rejects_bad_budgets():
         method_table("digits", seeds=(0,), ratios=(1.5,), show_progress=False)
     with pytest.raises(BadInputError, match="seed"):
         method_table("digits", seeds=(), show_progress=False)
+
+
+def test_train_warmup_defaults_to_a_twentieth_of_the_steps_and_an_explicit_value_wins():
+    assert TableSettings(train_steps=1200).warmup() == 60
+    assert TableSettings(train_steps=10).warmup() == 1
+    assert TableSettings(train_steps=1200, train_warmup_steps=100).warmup() == 100
+    assert TableSettings(train_steps=1200, train_warmup_steps=0).warmup() == 0
 
 
 @pytest.mark.parametrize("name", ["crops", "cluttered-digits"])

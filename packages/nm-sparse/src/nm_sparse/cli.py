@@ -451,6 +451,7 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
         bimask_interval=args.bimask_interval,
         bimask_candidates=args.bimask_candidates,
         device=device,

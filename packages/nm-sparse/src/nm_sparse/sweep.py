@@ -4,8 +4,9 @@ Every method x pattern x seed is trained for the same number of steps on one off
 (``digits``, or the harder generated ``crops`` / ``cluttered-digits`` of :mod:`slimkit.datasets`),
 top-1 on the held-out split (digits: its val split; the generated sets: their test split).
 asp and unstructured follow the prune-after-training recipe (dense for the first half of the
-steps, then one-shot pruning and fine-tuning with a fixed mask); the dynamic methods (srste, spre, bimask) train sparse from the first step, as in
-their papers.
+steps, then one-shot pruning and fine-tuning with a fixed mask; each phase is its own run with
+the same warm-up and cosine schedule, since pruning restarts the optimizer); the dynamic
+methods (srste, spre, bimask) train sparse from the first step, as in their papers.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _train_one(
             lr=float(opts["lr"]),
             optimizer=str(opts["optimizer"]),
             weight_decay=float(opts["weight_decay"]),
+            warmup_steps=int(opts["warmup_steps"]),
             seed=seed,
             progress=False,
             log_every=max_steps,
@@ -151,6 +153,7 @@ def accuracy_table(
     lr: float = 1e-2,
     optimizer: str = "adamw",
     weight_decay: float = 0.0,
+    warmup_steps: int = 0,
     bimask_interval: int = 50,
     bimask_candidates: int = 10,
     device: torch.device | None = None,
@@ -165,7 +168,8 @@ def accuracy_table(
     spec = ModelSpec(model, len(classes) if classes else 10, chans, size)
     opts = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "weight_decay": weight_decay,
-        "bimask_interval": bimask_interval, "bimask_candidates": bimask_candidates, "device": dev,
+        "warmup_steps": warmup_steps, "bimask_interval": bimask_interval, "bimask_candidates": bimask_candidates,
+        "device": dev,
     }  # fmt: skip
     jobs = [("dense", "-")] if "dense" in methods else []
     jobs += [(meth, pat) for pat in patterns for meth in methods if meth != "dense"]
@@ -197,7 +201,8 @@ def accuracy_table(
     command = (
         f"nm-sparse table --methods {','.join(methods)} --patterns {','.join(patterns)} "
         f"--seeds {','.join(str(s) for s in seeds)} --model {model} --data {data} --steps {steps} --batch-size {batch_size} "
-        f"--lr {lr} --optimizer {optimizer} --bimask-interval {bimask_interval} --bimask-candidates {bimask_candidates}"
+        f"--lr {lr} --optimizer {optimizer} --weight-decay {weight_decay} --warmup-steps {warmup_steps} "
+        f"--bimask-interval {bimask_interval} --bimask-candidates {bimask_candidates}"
     )
     result: dict[str, Any] = {
         "command": command,

@@ -384,12 +384,14 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
         _at_least(name, getattr(args, name.replace("-", "_")), 1)
     for name in ("train-lr", "search-lr", "flops-weight"):
         _positive(name, getattr(args, name.replace("-", "_")))
+    if args.train_warmup_steps is not None:
+        _at_least("train-warmup-steps", args.train_warmup_steps, 0)
     resolve_device(args.device)
     if args.output:
         check_output_dir(args.output, KIND_TABLE)
     settings = TableSettings(
-        train_steps=args.train_steps, train_lr=args.train_lr, batch_size=args.batch_size,
-        search_steps=args.search_steps, search_lr=args.search_lr, search_batch_size=args.search_batch_size,
+        train_steps=args.train_steps, train_lr=args.train_lr, train_warmup_steps=args.train_warmup_steps,
+        batch_size=args.batch_size, search_steps=args.search_steps, search_lr=args.search_lr, search_batch_size=args.search_batch_size,
         flops_weight=args.flops_weight,
     )  # fmt: skip
     output = claim_output_dir(args.output, KIND_TABLE) if args.output else None
@@ -496,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TableSettings()
     p.add_argument("--train-steps", type=int, default=defaults.train_steps)
     p.add_argument("--train-lr", type=float, default=defaults.train_lr)
+    p.add_argument("--train-warmup-steps", type=int, default=None,
+                   help="linear warm-up steps of the ViT's training (default: train steps // 20)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--search-steps", type=int, default=defaults.search_steps)
     p.add_argument("--search-lr", type=float, default=defaults.search_lr)

@@ -49,6 +49,8 @@ class TableSettings:
 
     train_steps: int = 800
     train_lr: float = 1e-3
+    #: linear warm-up of the ViT's training; ``None`` means ``train_steps // 20`` (at least 1)
+    train_warmup_steps: int | None = None
     batch_size: int = 64
     search_steps: int = 150
     search_lr: float = 0.05
@@ -58,6 +60,10 @@ class TableSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def warmup(self) -> int:
+        """Warm-up steps of the ViT's training, with the ``None`` default resolved."""
+        return max(1, self.train_steps // 20) if self.train_warmup_steps is None else self.train_warmup_steps
 
 
 def warm_start_schedule(model: nn.Module, target_gmacs: float) -> Schedule:
@@ -101,7 +107,7 @@ def _train_vit(
     model = digits_vit(num_classes=num_classes, in_chans=in_chans)
     config = TrainConfig(
         output_dir=str(workdir / f"train_{seed}"), max_steps=s.train_steps, batch_size=s.batch_size,
-        lr=s.train_lr, weight_decay=0.05, warmup_steps=max(1, s.train_steps // 20), seed=seed, cpu=True,
+        lr=s.train_lr, weight_decay=0.05, warmup_steps=s.warmup(), seed=seed, cpu=True,
         progress=False, log_every=s.train_steps,
     )  # fmt: skip
     train(model, train_set, config)
@@ -181,7 +187,7 @@ def method_table(
     command = (
         f"token-rate table --data {data} --seeds {','.join(str(x) for x in seeds)} "
         f"--ratios {','.join(str(r) for r in ratios)} --train-steps {s.train_steps} --train-lr {s.train_lr} "
-        f"--batch-size {s.batch_size} --search-steps {s.search_steps} --search-lr {s.search_lr} "
+        f"--train-warmup-steps {s.warmup()} --batch-size {s.batch_size} --search-steps {s.search_steps} --search-lr {s.search_lr} "
         f"--search-batch-size {s.search_batch_size} --flops-weight {s.flops_weight}"
     )
     result: dict[str, Any] = {
