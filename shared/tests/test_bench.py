@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.bench import compare, count_flops, env_header, peak_memory, time_fn
+from slimkit.bench import compare, count_flops, env_header, mean_std, peak_memory, time_fn
 
 
 def test_time_fn_median() -> None:
@@ -54,3 +55,13 @@ def test_env_header_and_memory() -> None:
     big = torch.ones(128, 1024, 1024)
     del big
     assert 248 * mib <= peak_memory(lambda: torch.ones(64, 1024, 1024).sum(), device="cpu") < 320 * mib
+
+
+def test_mean_std_is_the_sample_std_over_seeds() -> None:
+    assert mean_std([1.0, 2.0, 3.0, 4.0]) == (2.5, math.sqrt(5 / 3))
+    assert mean_std([7.25]) == (7.25, 0.0)
+    t = torch.tensor([98.4, 99.1, 97.0], dtype=torch.float64)
+    mean, std = mean_std(t.tolist())
+    assert mean == pytest.approx(t.mean().item(), abs=1e-12) and std == pytest.approx(t.std().item(), abs=1e-12)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_std([])

@@ -109,6 +109,17 @@ def _summarize(times: list[float]) -> Timing:
     )
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of per-seed results; the std of one value is 0.
+
+    Why: the method tables report ``mean ± std`` over seeds, and every package must compute it
+    the same way for its rows to be comparable.
+    """
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def compare(
     fns: Mapping[str, Callable[[], Any]],
     baseline: str,

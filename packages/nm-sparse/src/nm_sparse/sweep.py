@@ -27,7 +27,7 @@ from nm_sparse.fitting import evaluate, fit
 from nm_sparse.ops import nm_mask, permutation_scores
 from nm_sparse.reference import to_gemm_matrix
 from nm_sparse.sparsify import nm_layers
-from slimkit.bench import env_header
+from slimkit.bench import env_header, mean_std
 from slimkit.data import resolve_dataset
 from slimkit.io import atomic_write, save_json
 from slimkit.progress import progress
@@ -137,10 +137,6 @@ def bimask_backward_stats(model: torch.nn.Module, candidates: int = 100, seed: i
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
 
 def accuracy_table(
     methods: list[str],
@@ -195,7 +191,7 @@ def accuracy_table(
                     stats = bimask_backward_stats(trained, candidates=100, seed=seed)
                     diagnostics["bimask_backward"].append({"pattern": pattern, "seed": seed, **stats})
                 bar.update(1)
-            mean, std = _mean_std(accs)
+            mean, std = mean_std(accs)
             rows.append({"method": method, "pattern": pattern, "top1_mean": mean, "top1_std": std, "top1": accs})
     bar.close()
     command = (

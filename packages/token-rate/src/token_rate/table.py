@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from slimkit.bench import env_header
+from slimkit.bench import env_header, mean_std
 from slimkit.data import resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import atomic_write, save_json
@@ -138,10 +138,6 @@ def _cell(model: nn.Module, config: Any, data: Dataset[Any]) -> dict[str, float]
     return {"gmacs": gmacs(m), "top1": evaluate(m, data)}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    t = torch.tensor(list(values), dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
-
 
 def method_table(
     data: str = "digits",
@@ -215,8 +211,8 @@ def _rows(runs: list[dict[str, Any]], ratios: Sequence[float]) -> list[dict[str,
     keys = [("uncompressed", 1.0)] + [(v, ratio) for ratio in ratios for v in VARIANTS]
     for variant, ratio in keys:
         cells = [r for r in runs if r["variant"] == variant and r["ratio"] == ratio]
-        acc_mean, acc_std = _mean_std([c["top1"] for c in cells])
-        rel_mean, _ = _mean_std([c["gmacs"] / full[c["seed"]] for c in cells])
+        acc_mean, acc_std = mean_std([c["top1"] for c in cells])
+        rel_mean, _ = mean_std([c["gmacs"] / full[c["seed"]] for c in cells])
         rows.append({"variant": variant, "budget": ratio, "gmacs_ratio": rel_mean, "top1_mean": acc_mean,
                      "top1_std": acc_std, "top1": [c["top1"] for c in cells],
                      "tome_r": [c["tome_r"] for c in cells] if variant == "tome" else None})  # fmt: skip
