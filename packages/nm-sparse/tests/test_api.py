@@ -26,7 +26,7 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_contract_names() -> None:
     assert api.ENTRY_POINT is api.sparsify_ is nm_sparse.sparsify_
     assert api.UNDO is api.unsparsify is nm_sparse.unsparsify
-    assert nm_sparse.__version__ == "0.2.0"
+    assert nm_sparse.__version__ == "0.3.0"
     assert len(nm_sparse.__all__) <= 16
     for name in (
         "__version__",

@@ -242,7 +242,7 @@ def test_parser_dispatches_through_func_and_has_demo() -> None:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == "nm-sparse 0.2.0"
+    assert capsys.readouterr().out.strip() == "nm-sparse 0.3.0"
 
 
 def test_demo_writes_deployed_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
