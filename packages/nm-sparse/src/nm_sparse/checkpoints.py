@@ -8,7 +8,7 @@ the tensors strictly". The config is any of the package's configs (per-method, o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,12 @@ from nm_sparse.api import sparsify
 from nm_sparse.config import NMConfig, SparsityConfig
 from nm_sparse.deploy import deploy
 from nm_sparse.registry import REGISTRY
-from nm_sparse.zoo import load_model
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import load_into, load_json, save_model
 from slimkit.models import read_checkpoint
 from slimkit.paths import check_input_file
 from slimkit.train import find_latest_checkpoint
+from slimkit.zoo import ModelSpec
 
 __all__ = [
     "RUN_FILE",
@@ -44,19 +44,6 @@ AnyConfig = SparsityConfig | NMConfig
 STAGE_TRAINED = "trained"
 STAGE_DEPLOYED = "deployed"
 RUN_FILE = "run.json"
-
-
-@dataclass
-class ModelSpec:
-    """Enough to rebuild the architecture: name, classes, input channels and image size."""
-
-    name: str = "small_resnet"
-    num_classes: int = 10
-    in_chans: int = 1
-    image_size: int = 8
-
-    def build(self) -> nn.Module:
-        return load_model(self.name, num_classes=self.num_classes, in_chans=self.in_chans)
 
 
 def build_sparse(spec: ModelSpec, config: AnyConfig, deployed: bool = False, fold_bn: bool = True) -> nn.Module:
