@@ -40,3 +40,13 @@ def test_token_rate_search_two_processes(tmp_path: Path) -> None:
     assert out["steps"] == 4
     schedule = json.loads((tmp_path / "sched.json").read_text())
     assert len(schedule["prune"]) == len(schedule["merge"]) == len(out["kept_per_block"])
+
+
+def test_arbitrary_quant_multiquant_train_two_processes(tmp_path: Path) -> None:
+    """Every bit-width runs inside one DDP forward (AllBitsForward), so one backward per step syncs them all."""
+    pytest.importorskip("arbitrary_quant")
+    out = _run([*LAUNCH, "-m", "arbitrary_quant.cli", "train", "--steps", "4", "--output", "run",
+                "--checkpoint-every", "2", "--json", "--no-progress"], tmp_path)
+    assert out["steps"] == 4 and [r["bits"] for r in out["rows"]] == [2, 4, 6, 8]
+    assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

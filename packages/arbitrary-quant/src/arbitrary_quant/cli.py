@@ -1,0 +1,352 @@
+"""The ``arbitrary-quant`` console script: train, eval, export, bops, demo.
+
+Every subcommand validates its arguments, inputs and output paths before it writes anything;
+a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from torch import nn
+
+from arbitrary_quant import __version__
+from arbitrary_quant.api import quantize_
+from arbitrary_quant.baselines import init_lsq, recursive_loss
+from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
+from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.export import export
+from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, set_bits
+from arbitrary_quant.quickstart import bits_report
+from arbitrary_quant.quickstart import run as run_demo
+from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
+from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main
+from slimkit.data import DATASETS, image_folder, resolve_dataset
+from slimkit.errors import BadInputError
+from slimkit.io import config_to_dict, save_json
+from slimkit.opcount import count_ops
+from slimkit.paths import check_input_dir, check_output_dir, check_output_file, claim_output_dir
+from slimkit.train import TrainConfig, clear_run, train
+from slimkit.zoo import BUILTIN_MODELS, ModelSpec, load_model
+
+__all__ = ["build_parser", "main"]
+
+PROG = "arbitrary-quant"
+KIND_TRAIN = "arbitrary-quant train"
+KIND_DEMO = "arbitrary-quant demo"
+RUN_FILE = "run.json"
+METHODS = ("multiquant", "any-precision", "lsq")
+
+
+# --------------------------------------------------------------------------- argument helpers
+
+
+def _at_least(name: str, value: float | None, low: float) -> None:
+    if value is not None and value < low:
+        raise BadInputError(f"--{name} must be >= {low}, got {value}")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise BadInputError(f"--{name} must be > 0, got {value}")
+
+
+def _bits(text: str) -> tuple[int, ...]:
+    try:
+        bits = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise BadInputError(f"--bits must be comma-separated integers, got {text!r}") from None
+    if not bits:
+        raise BadInputError("--bits is empty")
+    return bits
+
+
+def _layout(args: argparse.Namespace) -> tuple[int, int]:
+    """(image size, channels): digits is 8x8 grey for the built-in ResNets, everything else 32x32 RGB."""
+    builtin = args.model in BUILTIN_MODELS
+    digits_small = builtin and args.data == "digits"
+    size = args.image_size or (8 if digits_small else 32)
+    channels = args.channels or (1 if args.data == "digits" else 3)
+    _at_least("image-size", size, 4)
+    if channels not in (1, 3):
+        raise BadInputError(f"--channels must be 1 or 3, got {channels}")
+    return size, channels
+
+
+def _datasets(args: argparse.Namespace, size: int, channels: int) -> tuple[Any, Any]:
+    if args.data in DATASETS:
+        if args.val_data is not None:
+            raise BadInputError(f"--val-data needs --data to be an image folder ({args.data} has its own held-out split)")
+        return (
+            resolve_dataset(args.data, "train", size, channels, args.seed),
+            resolve_dataset(args.data, "val", size, channels, args.seed),
+        )
+    check_input_dir(args.data, "--data folder")
+    if args.val_data is None:
+        raise BadInputError("--data is an image folder: give its held-out images with --val-data FOLDER")
+    check_input_dir(args.val_data, "--val-data folder")
+    return image_folder(args.data, size, channels), image_folder(args.val_data, size, channels)
+
+
+def _num_classes(dataset: Any) -> int:
+    classes = getattr(dataset, "classes", None)
+    if classes:
+        return len(classes)
+    tensors = getattr(dataset, "tensors", None)
+    return int(tensors[1].max()) + 1 if tensors is not None else 10
+
+
+def _first_images(dataset: Any, n: int) -> torch.Tensor:
+    """The first ``n`` training images: the same batch on every process (bounds are initialised from it)."""
+    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _multiquant_config(args: argparse.Namespace) -> MultiQuantConfig:
+    return MultiQuantConfig(
+        groups=args.groups, bit_list=_bits(args.bits), selection=args.selection,
+        distill_weight=args.distill_weight, shuffle=not args.no_shuffle, seed=args.seed,
+    )  # fmt: skip
+
+
+def _method_config(args: argparse.Namespace) -> MultiQuantConfig | AnyPrecisionConfig | LSQConfig:
+    if args.method == "multiquant":
+        return _multiquant_config(args)
+    if args.method == "any-precision":
+        return AnyPrecisionConfig(bit_list=_bits(args.bits), seed=args.seed)
+    bits = _bits(args.bits)
+    if len(bits) != 1:
+        raise BadInputError(f"--method lsq trains one bit-width: give one --bits value, got {args.bits!r}")
+    return LSQConfig(w_bits=bits[0], a_bits=bits[0], seed=args.seed)
+
+
+def _bit_list(config: Any) -> tuple[int, ...] | None:
+    """The switchable bit-widths of a config, ``None`` for a fixed-bit one (LSQ)."""
+    return None if isinstance(config, LSQConfig) else tuple(config.bit_list)
+
+
+def _training(model: nn.Module, config: Any, args: argparse.Namespace, first: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """What to train and how: (module handed to slimkit.train, its loss_fn / optimizer_fn)."""
+    if isinstance(config, MultiQuantConfig):
+        init_bounds(model, first)
+        return AllBitsForward(model, config.bit_list), {
+            "loss_fn": multibit_loss(config.distill_weight),
+            "optimizer_fn": multiquant_optimizer(model, args.bounds_lr),
+        }
+    if isinstance(config, AnyPrecisionConfig):
+        return AllBitsForward(model, config.bit_list), {"loss_fn": recursive_loss()}
+    init_lsq(model, first)
+    return model, {}
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("steps", "batch-size"):
+        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+    for name in ("warmup-steps", "checkpoint-every", "weight-decay"):
+        _at_least(name, getattr(args, name.replace("-", "_")), 0)
+    for name in ("lr", "bounds-lr"):
+        _positive(name, getattr(args, name.replace("-", "_")))
+    config = _method_config(args)
+    device = resolve_device(args.device)
+    out = Path(args.output)
+    check_output_dir(out, KIND_TRAIN)
+    size, channels = _layout(args)
+    train_set, val_set = _datasets(args, size, channels)
+    spec = ModelSpec(args.model, _num_classes(train_set), channels, size)
+    torch.manual_seed(args.seed)
+    model = quantize_(load_model(spec.name, spec.num_classes, spec.in_chans), config)
+    train_config = TrainConfig(
+        output_dir=str(out), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, resume_from=args.resume, progress=not (args.no_progress or args.json),
+        cpu=device.type == "cpu", log_every=max(1, args.steps // 20),
+    )  # fmt: skip
+    trained, how = _training(model, config, args, _first_images(train_set, args.batch_size))
+    state = PartialState()
+    state.wait_for_everyone()  # every process validated the arguments before the first write
+    if state.is_main_process:
+        claim_output_dir(out, KIND_TRAIN)
+        run = {"model": asdict(spec), "config": config_to_dict(config), "data": args.data}
+        save_json(out / RUN_FILE, {**run, "train": config_to_dict(train_config)})
+    result = train(trained, train_set, train_config, **how)
+    model.eval()
+    rows = bits_report(model, val_set, _bit_list(config), size)
+    summary = {
+        "output": str(out), "method": args.method, "model": args.model, "data": args.data,
+        "steps": result.steps, "final_loss": result.final_loss, "rows": rows,
+    }  # fmt: skip
+    if state.is_main_process:
+        save_quant_model(out / "model", model, spec, config, {"val_top1": {str(r["bits"]): r["top1"] for r in rows}})
+        save_json(out / "result.json", summary)
+    return summary
+
+
+def _rows_human(result: dict[str, Any]) -> str:
+    lines = [f"{'bits':>4}  {'top-1':>7}  {'body MACs':>12}  {'body BOPs':>14}"]
+    for r in result["rows"]:
+        lines.append(f"{r['bits']:>4}  {100 * r['top1']:>6.2f}%  {r['body_macs']:>12,}  {r['body_bops']:>14,}")
+    head = f"{result.get('method', '')} {result.get('model', '')} on {result.get('data', '')}".strip()
+    return head + "\n" + "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- eval / bops / demo
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    model, spec, config, _ = load_quant_model(args.checkpoint)
+    trained = _bit_list(config)
+    bits = _bits(args.bits) if args.bits else trained
+    if trained is None and args.bits:
+        raise BadInputError(f"{type(config).__name__} runs at one bit-width; leave out --bits")
+    unknown = [b for b in bits or () if b not in (trained or ())]
+    if unknown:
+        raise BadInputError(f"--bits {unknown} not in the trained bit_list {list(trained or ())}")
+    if args.data in DATASETS:
+        data = resolve_dataset(args.data, args.split, spec.image_size, spec.in_chans, args.seed)
+    else:
+        check_input_dir(args.data, "--data folder")
+        data = image_folder(args.data, spec.image_size, spec.in_chans)
+    model.eval()
+    rows = bits_report(model, data, bits, spec.image_size)
+    method = type(config).__name__.removesuffix("Config")
+    return {"checkpoint": str(args.checkpoint), "method": method, "model": spec.name, "data": args.data, "rows": rows}
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    target = check_output_file(args.output, (".safetensors",))
+    model, _, config, _ = load_quant_model(args.checkpoint)
+    report = export(model.eval(), target, config)
+    return {"checkpoint": str(args.checkpoint), "output": str(target), **report.to_dict()}
+
+
+def _export_human(result: dict[str, Any]) -> str:
+    return (
+        f"{result['output']}: quantized weights {result['weights_fp32_bytes']:,} B fp32 -> "
+        f"{result['weights_exported_bytes']:,} B packed ({result['compression']:.1f}x, "
+        f"{result['bits_per_weight']:.2f} bits/weight); file {result['file_bytes']:,} B"
+    )
+
+
+def cmd_bops(args: argparse.Namespace) -> dict[str, Any]:
+    _at_least("image-size", args.image_size, 4)
+    config = _multiquant_config(args)
+    model: nn.Module = load_model(args.model, num_classes=args.num_classes, in_chans=args.channels)
+    x = torch.zeros(1, args.channels, args.image_size, args.image_size)
+    fp = count_ops(model.eval(), x)
+    multiquant(model, config)
+    original = {r.name: r.macs for r in fp.rows}
+    rows = []
+    for bits in config.bit_list:
+        set_bits(model, bits)
+        ops = count_ops(model.eval(), x)
+        quant = [r for r in ops.rows if not r.is_fp]
+        macs = sum(original.get(r.name.replace(".base_layer", ""), 0) for r in quant)
+        rows.append({
+            "bits": bits, "quantized_macs": macs, "bops": ops.bops, "bops_over_macs": ops.bops / max(1, macs),
+            "fp_flops": ops.fp_flops, "ops": ops.ops,
+        })  # fmt: skip
+    assert current_bits(model) == config.bit_list[-1]
+    return {"model": args.model, "image_size": args.image_size, "fp_macs": fp.macs, "rows": rows}
+
+
+def _bops_human(result: dict[str, Any]) -> str:
+    lines = [f"{result['model']} at {result['image_size']}x{result['image_size']}: FP {result['fp_macs']:,} MACs"]
+    for r in result["rows"]:
+        lines.append(f"{r['bits']}-bit: {r['bops']:,} BOPs = {r['bops_over_macs']:.1f} x quantized MACs")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    _at_least("steps", args.steps, 1)
+    out = Path(args.output)
+    claim_output_dir(out, KIND_DEMO)
+    clear_run(out)
+    return run_demo(out, steps=args.steps, seed=args.seed)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="small_resnet", help=f"{', '.join(BUILTIN_MODELS)}, or a timm / torchvision name")
+    p.add_argument("--bits", default="2,4,6,8", help="comma-separated even bit-widths (default: 2,4,6,8)")
+    p.add_argument("--groups", type=int, default=4, help="branches G (default: 4)")
+    p.add_argument("--selection", default="amortized", choices=("amortized", "prefix"))
+    p.add_argument("--distill-weight", type=float, default=0.5)
+    p.add_argument("--no-shuffle", action="store_true", help="no channel shuffle after downsampling BasicBlocks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``arbitrary-quant`` parser; every subcommand carries its handler as ``func``."""
+    parser, sub = make_parser(PROG, "Arbitrary-bit quantization: MultiQuant, DFSQ, Bi-ViT", __version__)
+
+    p = add_common(sub.add_parser("train", help="train MultiQuant (every bit-width on every batch) or a baseline"))
+    p.add_argument("--method", default="multiquant", choices=METHODS,
+                   help="multiquant, any-precision (shared weights, DoReFa) or lsq (one bit-width)")
+    _add_model_options(p)
+    p.add_argument("--data", default="digits", help=f"{', '.join(DATASETS)} or an image folder with class subfolders")
+    p.add_argument("--val-data", default=None, help="held-out image folder (named sets use their own split)")
+    p.add_argument("--image-size", type=int, default=None, help="default: 8 for small_resnet on digits, else 32")
+    p.add_argument("--channels", type=int, default=None, help="default: 1 on digits, else 3")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--bounds-lr", type=float, default=1e-4, help="Adam lr of the quantizer bounds (official 1e-4)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, model/, result.json)")
+    p.set_defaults(func=lambda a: _emit(cmd_train(a), a, _rows_human))
+
+    p = add_common(sub.add_parser("eval", help="top-1 of a trained model at every (or the given) bit-width"))
+    p.add_argument("checkpoint", help="model folder written by train (RUN/model) or its model.safetensors")
+    p.add_argument("--data", default="digits", help=f"{', '.join(DATASETS)} or an image folder")
+    p.add_argument("--split", default="val", choices=("val", "test"), help="split of a named set (default: val)")
+    p.add_argument("--bits", default=None, help="comma-separated bit-widths (default: every trained one)")
+    p.set_defaults(func=lambda a: _emit(cmd_eval(a), a, _rows_human))
+
+    p = add_common(sub.add_parser("export", help="write packed integer / sign-bit weights plus scales (safetensors)"))
+    p.add_argument("checkpoint", help="model folder written by train (RUN/model) or its model.safetensors")
+    p.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
+    p.set_defaults(func=lambda a: _emit(cmd_export(a), a, _export_human))
+
+    p = add_common(sub.add_parser("bops", help="MACs, BOPs and OPs of a model made MultiQuant, per bit-width"))
+    _add_model_options(p)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.set_defaults(func=lambda a: _emit(cmd_bops(a), a, _bops_human))
+
+    p = add_common(sub.add_parser("demo", help="the quickstart: MultiQuant on digits at 2/4/6/8 bits (under a minute)"))
+    p.add_argument("--output", "-o", default="arbitrary-quant-demo")
+    p.add_argument("--steps", type=int, default=150)
+    p.set_defaults(func=lambda a: _emit(cmd_demo(a), a, lambda r: json.dumps(r, indent=2)))
+    return parser
+
+
+def _emit(result: dict[str, Any], args: argparse.Namespace, human: Any) -> int:
+    if PartialState().is_main_process:  # one report under `accelerate launch`
+        emit(result, args.json, human)
+    return 0
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+main = run_main(_body, PROG)
+
+if __name__ == "__main__":
+    raise SystemExit(main(None))

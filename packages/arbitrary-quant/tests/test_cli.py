@@ -1,0 +1,118 @@
+"""The arbitrary-quant console script: train / eval / export / bops end to end, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from arbitrary_quant.checkpoints import load_quant_model
+from arbitrary_quant.cli import build_parser, main
+from arbitrary_quant.config import LSQConfig, MultiQuantConfig
+from arbitrary_quant.export import load_exported
+from arbitrary_quant.multiquant import set_bits
+from slimkit.data import digits
+from slimkit.zoo import load_model
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def multiquant_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("mq") / "run"
+    assert main(["train", "--steps", "12", "--no-progress", "-o", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_reloadable_model_and_the_per_bit_report(multiquant_run: Path, capsys) -> None:
+    result = json.loads((multiquant_run / "result.json").read_text())
+    assert [r["bits"] for r in result["rows"]] == [2, 4, 6, 8] and result["steps"] == 12
+    # BOPs(k) = k^2 x the MACs of the original layers (= one branch, the 2-bit row)
+    one_branch = result["rows"][0]["body_macs"]
+    assert [r["body_bops"] for r in result["rows"]] == [k * k * one_branch for k in (2, 4, 6, 8)]
+    _, spec, config, extra = load_quant_model(multiquant_run / "model")
+    assert isinstance(config, MultiQuantConfig) and (spec.name, spec.in_chans, spec.image_size) == ("small_resnet", 1, 8)
+    assert extra["val_top1"] == {str(r["bits"]): r["top1"] for r in result["rows"]}
+    evaluated = _json(capsys, "eval", str(multiquant_run / "model"))
+    assert [r["top1"] for r in evaluated["rows"]] == [r["top1"] for r in result["rows"]]
+    run = json.loads((multiquant_run / "run.json").read_text())
+    assert run["config"]["_type"] == "MultiQuantConfig" and run["train"]["max_steps"] == 12
+
+
+def test_export_is_packed_and_reloads_to_the_same_outputs(multiquant_run: Path, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "packed.safetensors"
+    report = _json(capsys, "export", str(multiquant_run / "model"), "-o", str(target))
+    assert report["output"] == str(target) and target.stat().st_size == report["file_bytes"]
+    assert 7.9 < report["bits_per_weight"] < 8.5  # G = 4 branches x 2 bits per original weight
+    model, spec, config, _ = load_quant_model(multiquant_run / "model")
+    fresh = load_exported(target, load_model(spec.name, spec.num_classes, spec.in_chans))
+    x = digits("val").tensors[0][:16]
+    model.eval()
+    for bits in config.bit_list:
+        set_bits(model, bits)
+        set_bits(fresh, bits)
+        torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=1e-4)
+
+
+def test_baselines_train_through_the_same_command(tmp_path: Path, capsys) -> None:
+    ap = _json(capsys, "train", "--method", "any-precision", "--bits", "2,8", "--steps", "3", "-o", str(tmp_path / "ap"))
+    assert [r["bits"] for r in ap["rows"]] == [2, 8]
+    assert ap["rows"][1]["body_bops"] == 16 * ap["rows"][0]["body_bops"]  # same MACs, (8/2)^2 more BOPs
+    lsq = _json(capsys, "train", "--method", "lsq", "--bits", "4", "--steps", "3", "-o", str(tmp_path / "lsq"))
+    assert [r["bits"] for r in lsq["rows"]] == [4]
+    assert lsq["rows"][0]["body_bops"] == 16 * lsq["rows"][0]["body_macs"]
+    _, _, config, _ = load_quant_model(tmp_path / "lsq" / "model")
+    assert config == LSQConfig(w_bits=4, a_bits=4)
+
+
+def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
+    res = _json(capsys, "bops", "--model", "tv/resnet18", "--image-size", "224")
+    assert res["fp_macs"] == 1_813_566_464  # the published 1.8 GMACs
+    for row in res["rows"]:
+        assert row["bops_over_macs"] == row["bits"] ** 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--bits", "2,3", "-o", "{tmp}/r"], "[3] are not multiples of weight_bits=2"),
+        (["train", "--bits", "two", "-o", "{tmp}/r"], "--bits must be comma-separated integers"),
+        (["train", "--method", "lsq", "--bits", "2,4", "-o", "{tmp}/r"], "--method lsq trains one bit-width"),
+        (["train", "--steps", "0", "-o", "{tmp}/r"], "--steps must be >= 1"),
+        (["train", "--lr", "0", "-o", "{tmp}/r"], "--lr must be > 0"),
+        (["train", "--data", "{tmp}/missing", "-o", "{tmp}/r"], "--data folder not found"),
+        (["train", "--val-data", "{tmp}", "-o", "{tmp}/r"], "--val-data needs --data to be an image folder"),
+        (["eval", "{tmp}/missing"], "checkpoint not found"),
+        (["export", "{tmp}/missing", "-o", "{tmp}/x.safetensors"], "checkpoint not found"),
+        (["bops", "--bits", "2,4,6,8,10"], "bit-widths 2..8"),
+        (["bops", "--model", "no_such_net"], "unknown model 'no_such_net'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, tmp_path: Path, capsys) -> None:
+    code, out, err = _run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2 and out == ""
+    assert err.startswith("arbitrary-quant: error: ") and err.count("\n") == 1 and needle in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_refuses_bit_widths_the_model_was_not_trained_for(multiquant_run: Path, capsys) -> None:
+    code, _, err = _run(capsys, "eval", str(multiquant_run / "model"), "--bits", "3")
+    assert code == 2 and err.strip() == "arbitrary-quant: error: --bits [3] not in the trained bit_list [2, 4, 6, 8]"
+
+
+def test_every_subcommand_dispatches_through_func() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["bops", "demo", "eval", "export", "train"]
