@@ -98,6 +98,10 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["export", "{tmp}/missing", "-o", "{tmp}/x.safetensors"], "checkpoint not found"),
         (["bops", "--bits", "2,4,6,8,10"], "bit-widths 2..8"),
         (["bops", "--model", "no_such_net"], "unknown model 'no_such_net'"),
+        (["table", "--methods", "pact"], "--methods: unknown method 'pact'"),
+        (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
+        (["table", "--bits", "3"], "not multiples of weight_bits=2"),
+        (["table", "--data", "{tmp}"], "--data must be one of"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, tmp_path: Path, capsys) -> None:
@@ -115,4 +119,4 @@ def test_eval_refuses_bit_widths_the_model_was_not_trained_for(multiquant_run: P
 def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bops", "demo", "eval", "export", "train"]
+    assert sorted(sub.choices) == ["bops", "demo", "eval", "export", "table", "train"]

@@ -1,4 +1,4 @@
-"""The ``arbitrary-quant`` console script: train, eval, export, bops, demo.
+"""The ``arbitrary-quant`` console script: train, eval, export, bops, table, demo.
 
 Every subcommand validates its arguments, inputs and output paths before it writes anything;
 a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
@@ -26,6 +26,8 @@ from arbitrary_quant.export import export
 from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, set_bits
 from arbitrary_quant.quickstart import bits_report
 from arbitrary_quant.quickstart import run as run_demo
+from arbitrary_quant.table import METHODS as TABLE_METHODS
+from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
 from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main
 from slimkit.data import DATASETS, image_folder, resolve_dataset
@@ -41,6 +43,7 @@ __all__ = ["build_parser", "main"]
 PROG = "arbitrary-quant"
 KIND_TRAIN = "arbitrary-quant train"
 KIND_DEMO = "arbitrary-quant demo"
+KIND_TABLE = "arbitrary-quant table"
 RUN_FILE = "run.json"
 METHODS = ("multiquant", "any-precision", "lsq")
 
@@ -265,6 +268,37 @@ def _bops_human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _csv(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise BadInputError(f"{what} is empty")
+    return items
+
+
+def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        seeds = [int(x) for x in _csv(args.seeds, "--seeds")]
+    except ValueError:
+        raise BadInputError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    methods = _csv(args.methods, "--methods")
+    unknown = [m for m in methods if m not in TABLE_METHODS]
+    if unknown:
+        raise BadInputError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(TABLE_METHODS)}")
+    MultiQuantConfig(bit_list=_bits(args.bits))  # the same bit-width rules as train
+    _at_least("image-size", args.image_size, 4)
+    if args.data not in DATASETS:
+        raise BadInputError(f"--data must be one of {', '.join(DATASETS)}, got {args.data!r}")
+    settings = MultiBitTableSettings(
+        data=args.data, image_size=args.image_size, bits=_bits(args.bits), steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr,
+    )  # fmt: skip
+    output = None
+    if args.output:
+        check_output_dir(args.output, KIND_TABLE)
+        output = claim_output_dir(args.output, KIND_TABLE)
+    return multibit_table(settings, seeds, methods, output=output, show_progress=not args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     _at_least("steps", args.steps, 1)
     out = Path(args.output)
@@ -327,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
     p.set_defaults(func=lambda a: _emit(cmd_bops(a), a, _bops_human))
+
+    p = add_common(sub.add_parser("table", help="MultiQuant vs Any-Precision vs per-bit LSQ: top-1 per bit-width over seeds"))
+    defaults = MultiBitTableSettings()
+    p.add_argument("--data", default=defaults.data, help=f"{', '.join(DATASETS)}")
+    p.add_argument("--image-size", type=int, default=defaults.image_size)
+    p.add_argument("--bits", default=",".join(map(str, defaults.bits)))
+    p.add_argument("--methods", default=",".join(TABLE_METHODS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=defaults.steps)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
+    p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("demo", help="the quickstart: MultiQuant on digits at 2/4/6/8 bits (under a minute)"))
     p.add_argument("--output", "-o", default="arbitrary-quant-demo")
