@@ -99,6 +99,8 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["bops", "--bits", "2,4,6,8,10"], "bit-widths 2..8"),
         (["bops", "--model", "no_such_net"], "unknown model 'no_such_net'"),
         (["table", "--methods", "pact"], "--methods: unknown method 'pact'"),
+        (["bench", "--repeats", "0"], "--repeats must be >= 1"),
+        (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
         (["table", "--bits", "3"], "not multiples of weight_bits=2"),
         (["table", "--data", "{tmp}"], "--data must be one of"),
@@ -119,4 +121,13 @@ def test_eval_refuses_bit_widths_the_model_was_not_trained_for(multiquant_run: P
 def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bops", "demo", "eval", "export", "table", "train"]
+    assert sorted(sub.choices) == ["bench", "bops", "demo", "eval", "export", "table", "train"]
+
+
+def test_bench_quick_writes_its_json(tmp_path: Path, capsys) -> None:
+    res = _json(capsys, "bench", "--quick", "--repeats", "1", "--device", "cpu", "-o", str(tmp_path / "b.json"))
+    sections = [r["section"] for r in res["rows"]]
+    assert sections == [s for s in ("packed_matmul_2bit", "packed_matmul_4bit", "packed_matmul_8bit", "binary_matmul",
+                                    "dfsq_quantize") for _ in range(2)]
+    assert all(r["median_s"] > 0 for r in res["rows"]) and res["env"]["torch_threads"] >= 1
+    assert json.loads((tmp_path / "b.json").read_text())["rows"] == res["rows"]

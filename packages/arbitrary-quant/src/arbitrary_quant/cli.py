@@ -1,4 +1,4 @@
-"""The ``arbitrary-quant`` console script: train, eval, export, bops, table, demo.
+"""The ``arbitrary-quant`` console script: train, eval, export, bops, table, bench, demo.
 
 Every subcommand validates its arguments, inputs and output paths before it writes anything;
 a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
@@ -20,6 +20,7 @@ from torch import nn
 from arbitrary_quant import __version__
 from arbitrary_quant.api import quantize_
 from arbitrary_quant.baselines import init_lsq, recursive_loss
+from arbitrary_quant.bench import BenchSizes, run_benchmarks
 from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
 from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.export import export
@@ -268,6 +269,25 @@ def _bops_human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    _at_least("repeats", args.repeats, 1)
+    device = resolve_device(args.device)
+    target = check_output_file(args.output, (".json",)) if args.output else None
+    result = run_benchmarks(device, BenchSizes.quick() if args.quick else BenchSizes(), repeats=args.repeats)
+    if target is not None:
+        save_json(target, result)
+    return result
+
+
+def _bench_human(result: dict[str, Any]) -> str:
+    env = result["env"]
+    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, torch {env.get('torch')}"]
+    for r in result["rows"]:
+        lines.append(f"{r['section']:<20} {r['shape']:<28} {r['name']:<18} {1e3 * r['median_s']:>9.3f} ms  "
+                     f"{r['ratio_vs_baseline']:.2f}x")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _csv(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -374,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
+
+    p = add_common(sub.add_parser("bench", help="kernel timings: packed / binary matmul and the DFSQ quantizer vs PyTorch"))
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
+    p.set_defaults(func=lambda a: _emit(cmd_bench(a), a, _bench_human))
 
     p = add_common(sub.add_parser("demo", help="the quickstart: MultiQuant on digits at 2/4/6/8 bits (under a minute)"))
     p.add_argument("--output", "-o", default="arbitrary-quant-demo")
