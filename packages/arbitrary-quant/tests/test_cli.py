@@ -100,6 +100,8 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["bops", "--model", "no_such_net"], "unknown model 'no_such_net'"),
         (["table", "--methods", "pact"], "--methods: unknown method 'pact'"),
         (["bench", "--repeats", "0"], "--repeats must be >= 1"),
+        (["dfsq-table", "--bits", "a"], "--bits: cannot read 'a'"),
+        (["dfsq-table", "--train-steps", "0"], "train_steps must be an integer >= 1"),
         (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
         (["table", "--bits", "3"], "not multiples of weight_bits=2"),
@@ -121,7 +123,18 @@ def test_eval_refuses_bit_widths_the_model_was_not_trained_for(multiquant_run: P
 def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bench", "bops", "demo", "eval", "export", "table", "train"]
+    assert sorted(sub.choices) == ["bench", "bops", "demo", "dfsq-table", "eval", "export", "table", "train"]
+
+
+def test_dfsq_table_command_reproduces_itself(tmp_path: Path, capsys) -> None:
+    res = _json(
+        capsys, "dfsq-table", "--blocks", "1", "--features", "8", "--train-steps", "2", "--train-patches", "32",
+        "--bits", "8", "--seeds", "0", "--methods", "dfsq,minmax", "--selection-channels", "1",
+        "--selection-values", "64", "-o", str(tmp_path / "t"),
+    )  # fmt: skip
+    assert [(r["method"], r["bits"]) for r in res["rows"] if r["method"] != "fp"][:2] == [("dfsq", 8), ("minmax", 8)]
+    assert " --blocks 1 --features 8 " in res["command"] and " --bits 8 --seeds 0 --methods dfsq,minmax " in res["command"]
+    assert (tmp_path / "t" / "table.md").read_text().strip() == res["markdown"]
 
 
 def test_bench_quick_writes_its_json(tmp_path: Path, capsys) -> None:

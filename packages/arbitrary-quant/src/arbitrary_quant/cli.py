@@ -7,6 +7,7 @@ a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from arbitrary_quant.baselines import init_lsq, recursive_loss
 from arbitrary_quant.bench import BenchSizes, run_benchmarks
 from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
 from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.dfsq_table import DFSQTableSettings, dfsq_table
 from arbitrary_quant.export import export
 from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, set_bits
 from arbitrary_quant.quickstart import bits_report
@@ -45,6 +47,7 @@ PROG = "arbitrary-quant"
 KIND_TRAIN = "arbitrary-quant train"
 KIND_DEMO = "arbitrary-quant demo"
 KIND_TABLE = "arbitrary-quant table"
+KIND_DFSQ_TABLE = "arbitrary-quant dfsq-table"
 RUN_FILE = "run.json"
 METHODS = ("multiquant", "any-precision", "lsq")
 
@@ -319,6 +322,49 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     return multibit_table(settings, seeds, methods, output=output, show_progress=not args.json)
 
 
+def _add_settings_flags(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """One ``--flag`` per field of a table's settings dataclass (lists comma-separated), defaults from ``defaults``."""
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=text,
+                       help=f"default: {text if text is not None else 'none'}")  # fmt: skip
+
+
+def _settings_from_args(cls: Any, args: argparse.Namespace) -> Any:
+    """The settings dataclass from its flags: each value parsed like its default's type (a bad one is one line)."""
+    defaults = cls()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        raw, default = getattr(args, f.name), getattr(defaults, f.name)
+        flag = f"--{f.name.replace('_', '-')}"
+        try:
+            if raw is None or raw == default:
+                values[f.name] = default
+            elif isinstance(default, tuple):
+                kind = type(default[0]) if default else str
+                values[f.name] = tuple(kind(v.strip()) for v in str(raw).split(",") if v.strip())
+            elif default is None:
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = type(default)(raw)
+        except ValueError:
+            raise BadInputError(f"{flag}: cannot read {raw!r}") from None
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(str(exc)) from None
+
+
+def cmd_dfsq_table(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings_from_args(DFSQTableSettings, args)
+    output = None
+    if args.output:
+        check_output_dir(args.output, KIND_DFSQ_TABLE)
+        output = claim_output_dir(args.output, KIND_DFSQ_TABLE)
+    return dfsq_table(settings, output=output, show_progress=not args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     _at_least("steps", args.steps, 1)
     out = Path(args.output)
@@ -394,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
+
+    p = add_common(sub.add_parser("dfsq-table", help="DFSQ vs MinMax vs Percentile PTQ of a trained EDSR: PSNR per bit-width"))
+    _add_settings_flags(p, DFSQTableSettings())
+    p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
+    p.set_defaults(func=lambda a: _emit(cmd_dfsq_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("bench", help="kernel timings: packed / binary matmul and the DFSQ quantizer vs PyTorch"))
     p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
