@@ -102,6 +102,7 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["bench", "--repeats", "0"], "--repeats must be >= 1"),
         (["dfsq-table", "--bits", "a"], "--bits: cannot read 'a'"),
         (["dfsq-table", "--train-steps", "0"], "train_steps must be an integer >= 1"),
+        (["bivit-table", "--seeds", "x"], "--seeds: cannot read 'x'"),
         (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
         (["table", "--bits", "3"], "not multiples of weight_bits=2"),
@@ -123,7 +124,16 @@ def test_eval_refuses_bit_widths_the_model_was_not_trained_for(multiquant_run: P
 def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bench", "bops", "demo", "dfsq-table", "eval", "export", "table", "train"]
+    assert sorted(sub.choices) == [
+        "bench", "bivit-table", "bops", "demo", "dfsq-table", "eval", "export", "table", "train",
+    ]  # fmt: skip
+
+
+def test_bops_of_a_bivit_vit_count_binary_ops(capsys) -> None:
+    res = _json(capsys, "bops", "--method", "bivit", "--model", "vit_tiny_patch16_224", "--image-size", "32")
+    bivit = res["bivit"]
+    assert bivit["ops"] == bivit["fp_flops"] + bivit["bops"] / 64
+    assert res["ratio"] == res["fp_model"]["fp_flops"] / bivit["ops"] and res["paper_ratio"] == 61.5
 
 
 def test_dfsq_table_command_reproduces_itself(tmp_path: Path, capsys) -> None:

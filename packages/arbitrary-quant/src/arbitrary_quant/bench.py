@@ -14,6 +14,7 @@ the Triton kernels are timed only on a GPU. Ratios are medians over interleaved 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,16 @@ def loop_dfsq_quantize(x: Tensor, points: Tensor, post_relu: bool) -> Tensor:
     return dfsq_denormalize(out, scale, mean)
 
 
+def _packed_variants(
+    x: Tensor, dense: Tensor, packed: Tensor, scale: Tensor, zero: Tensor, bits: int
+) -> dict[str, Callable[[], Tensor]]:
+    """The two sides of one packed-matmul row (a function, so each bit-width binds its own tensors)."""
+    return {
+        "dense_dequantized": lambda: F.linear(x, dense),
+        "packed": lambda: ops.packed_matmul(x, packed, scale, zero, bits),
+    }
+
+
 def _rows(section: str, shape: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"section": section, "shape": shape, **row} for row in results]
 
@@ -84,15 +95,8 @@ def run_benchmarks(
         rows += _rows(
             f"packed_matmul_{bits}bit",
             f"B={sizes.mm_batch} {sizes.mm_out}x{sizes.mm_in}",
-            compare(
-                {
-                    "dense_dequantized": lambda dense=dense: F.linear(x, dense),
-                    "packed": lambda packed=packed, scale=scale, zero=zero, bits=bits: ops.packed_matmul(
-                        x, packed, scale, zero, bits
-                    ),
-                },
-                baseline="dense_dequantized", warmup=warmup, repeats=repeats,
-            ),
+            compare(_packed_variants(x, dense, packed, scale, zero, bits), baseline="dense_dequantized",
+                    warmup=warmup, repeats=repeats),
         )  # fmt: skip
 
     a = torch.randn(sizes.bin_m, sizes.bin_k, generator=gen)

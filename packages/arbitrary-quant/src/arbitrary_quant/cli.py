@@ -22,6 +22,7 @@ from arbitrary_quant import __version__
 from arbitrary_quant.api import quantize_
 from arbitrary_quant.baselines import init_lsq, recursive_loss
 from arbitrary_quant.bench import BenchSizes, run_benchmarks
+from arbitrary_quant.bivit_training import BiViTTableSettings, bivit_table, vit_ops
 from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
 from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.dfsq_table import DFSQTableSettings, dfsq_table
@@ -48,6 +49,7 @@ KIND_TRAIN = "arbitrary-quant train"
 KIND_DEMO = "arbitrary-quant demo"
 KIND_TABLE = "arbitrary-quant table"
 KIND_DFSQ_TABLE = "arbitrary-quant dfsq-table"
+KIND_BIVIT_TABLE = "arbitrary-quant bivit-table"
 RUN_FILE = "run.json"
 METHODS = ("multiquant", "any-precision", "lsq")
 
@@ -245,6 +247,8 @@ def _export_human(result: dict[str, Any]) -> str:
 
 def cmd_bops(args: argparse.Namespace) -> dict[str, Any]:
     _at_least("image-size", args.image_size, 4)
+    if args.method == "bivit":
+        return vit_ops(args.model, args.image_size)
     config = _multiquant_config(args)
     model: nn.Module = load_model(args.model, num_classes=args.num_classes, in_chans=args.channels)
     x = torch.zeros(1, args.channels, args.image_size, args.image_size)
@@ -266,6 +270,10 @@ def cmd_bops(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bops_human(result: dict[str, Any]) -> str:
+    if "ratio" in result:  # Bi-ViT: FP FLOPs vs binary OPs
+        return (f"{result['model']} at {result['img_size']}: FP {result['fp_model']['fp_flops']:,} FLOPs; Bi-ViT "
+                f"{result['bivit']['ops']:,.0f} OPs = {result['bivit']['fp_flops']:,} FP FLOPs + "
+                f"{result['bivit']['bops']:,} BOPs / 64: {result['ratio']:.1f}x fewer (paper: {result['paper_ratio']}x)")
     lines = [f"{result['model']} at {result['image_size']}x{result['image_size']}: FP {result['fp_macs']:,} MACs"]
     for r in result["rows"]:
         lines.append(f"{r['bits']}-bit: {r['bops']:,} BOPs = {r['bops_over_macs']:.1f} x quantized MACs")
@@ -365,6 +373,15 @@ def cmd_dfsq_table(args: argparse.Namespace) -> dict[str, Any]:
     return dfsq_table(settings, output=output, show_progress=not args.json)
 
 
+def cmd_bivit_table(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings_from_args(BiViTTableSettings, args)
+    output = None
+    if args.output:
+        check_output_dir(args.output, KIND_BIVIT_TABLE)
+        output = claim_output_dir(args.output, KIND_BIVIT_TABLE)
+    return bivit_table(settings, output=output, show_progress=not args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     _at_least("steps", args.steps, 1)
     out = Path(args.output)
@@ -421,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
     p.set_defaults(func=lambda a: _emit(cmd_export(a), a, _export_human))
 
-    p = add_common(sub.add_parser("bops", help="MACs, BOPs and OPs of a model made MultiQuant, per bit-width"))
+    p = add_common(sub.add_parser("bops", help="MACs, BOPs and OPs: a CNN made MultiQuant per bit-width, or a timm ViT made Bi-ViT"))
+    p.add_argument("--method", default="multiquant", choices=("multiquant", "bivit"))
     _add_model_options(p)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
@@ -445,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p, DFSQTableSettings())
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_dfsq_table(a), a, lambda r: r["markdown"]))
+
+    p = add_common(sub.add_parser("bivit-table", help="Bi-ViT ablation: FP teacher, sign, + learnable scale, + ranking KD"))
+    _add_settings_flags(p, BiViTTableSettings())
+    p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
+    p.set_defaults(func=lambda a: _emit(cmd_bivit_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("bench", help="kernel timings: packed / binary matmul and the DFSQ quantizer vs PyTorch"))
     p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
