@@ -364,22 +364,23 @@ def _settings_from_args(cls: Any, args: argparse.Namespace) -> Any:
         raise BadInputError(str(exc)) from None
 
 
-def cmd_dfsq_table(args: argparse.Namespace) -> dict[str, Any]:
-    settings = _settings_from_args(DFSQTableSettings, args)
+def _settings_table(args: argparse.Namespace, settings_cls: Any, run: Any, kind: str) -> dict[str, Any]:
+    """A table whose flags are its settings dataclass: parse, check and claim the output, run."""
+    settings = _settings_from_args(settings_cls, args)
     output = None
     if args.output:
-        check_output_dir(args.output, KIND_DFSQ_TABLE)
-        output = claim_output_dir(args.output, KIND_DFSQ_TABLE)
-    return dfsq_table(settings, output=output, show_progress=not args.json)
+        check_output_dir(args.output, kind)
+        output = claim_output_dir(args.output, kind)
+    result: dict[str, Any] = run(settings, output=output, show_progress=not args.json)
+    return result
+
+
+def cmd_dfsq_table(args: argparse.Namespace) -> dict[str, Any]:
+    return _settings_table(args, DFSQTableSettings, dfsq_table, KIND_DFSQ_TABLE)
 
 
 def cmd_bivit_table(args: argparse.Namespace) -> dict[str, Any]:
-    settings = _settings_from_args(BiViTTableSettings, args)
-    output = None
-    if args.output:
-        check_output_dir(args.output, KIND_BIVIT_TABLE)
-        output = claim_output_dir(args.output, KIND_BIVIT_TABLE)
-    return bivit_table(settings, output=output, show_progress=not args.json)
+    return _settings_table(args, BiViTTableSettings, bivit_table, KIND_BIVIT_TABLE)
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
