@@ -292,7 +292,7 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _bench_human(result: dict[str, Any]) -> str:
     env = result["env"]
-    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, torch {env.get('torch')}"]
+    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, torch {env.get('versions', {}).get('torch')}"]
     for r in result["rows"]:
         lines.append(f"{r['section']:<20} {r['shape']:<28} {r['name']:<18} {1e3 * r['median_s']:>9.3f} ms  "
                      f"{r['ratio_vs_baseline']:.2f}x")  # fmt: skip
