@@ -9,9 +9,11 @@ import torch
 
 from slimkit.kernels import (
     autotune_configs,
+    compile_ahead_of_time,
     interpret_mode,
     l2_normalize_rows_triton,
     lazy_kernel,
+    ptxas_missing,
     use_triton,
 )
 from slimkit.reference import l2_normalize_rows_reference
@@ -68,3 +70,13 @@ def test_triton_matches_reference(dtype: torch.dtype, shape: tuple[int, ...]) ->
     assert out.dtype == dtype and out.shape == x.shape
     tol = 1e-3 if dtype == torch.float16 else 1e-6
     torch.testing.assert_close(out, l2_normalize_rows_reference(x), rtol=tol, atol=tol)
+
+
+def test_compile_ahead_of_time_runs_without_the_interpreter(tmp_path) -> None:
+    script = "import os, sys; print(os.environ.get('TRITON_INTERPRET'), os.environ['TRITON_CACHE_DIR'], sys.argv[1])"
+    proc = compile_ahead_of_time(script, 90, tmp_path)
+    assert proc.returncode == 0 and proc.stdout.split() == ["None", str(tmp_path), "90"]
+    assert not ptxas_missing(proc)
+    missing = subprocess.CompletedProcess([], 1, "", "RuntimeError: ptxas not found in PATH")
+    assert ptxas_missing(missing)
+    assert not ptxas_missing(subprocess.CompletedProcess([], 1, "", "error: bad kernel"))

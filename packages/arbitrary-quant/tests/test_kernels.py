@@ -18,9 +18,6 @@ Tolerances asserted, and why:
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ import torch
 
 from arbitrary_quant import kernels as K
 from arbitrary_quant import reference as R
-from slimkit.kernels import interpret_mode
+from slimkit.kernels import compile_ahead_of_time, interpret_mode, ptxas_missing
 from slimkit.packing import pack_bits, pack_signs
 
 interp = pytest.mark.skipif(not interpret_mode(), reason="needs TRITON_INTERPRET=1 (set by the test runner)")
@@ -289,17 +286,8 @@ print("compiled", len(jobs))
 def test_kernels_compile_for_gpu_targets(arch: int, tmp_path: Path) -> None:
     """Ahead-of-time compile every kernel to a cubin (no GPU needed): catches errors the interpreter misses."""
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, str(arch)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower()):
+    proc = compile_ahead_of_time(_COMPILE_SCRIPT, arch, tmp_path)
+    if ptxas_missing(proc):
         pytest.skip("ptxas not available")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compiled 9" in proc.stdout

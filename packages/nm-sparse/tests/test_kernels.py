@@ -10,6 +10,7 @@ import torch
 
 from nm_sparse import kernels as K
 from nm_sparse import ops
+from slimkit.kernels import compile_ahead_of_time, ptxas_missing
 
 PATTERNS = [(2, 4), (1, 4), (2, 8), (4, 8), (1, 16)]
 
@@ -136,21 +137,9 @@ print("compiled", len(jobs))
 @pytest.mark.parametrize("arch", [90, pytest.param(80, marks=pytest.mark.slow)])
 def test_kernels_compile_for_gpu_targets(arch: int, tmp_path: Path) -> None:
     """Ahead-of-time compile every kernel to a cubin (no GPU needed): catches errors the interpreter misses."""
-    import subprocess
-    import sys
-
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, str(arch)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    if proc.returncode != 0 and ("ptxas" in proc.stderr.lower() and "not found" in proc.stderr.lower()):
+    proc = compile_ahead_of_time(_COMPILE_SCRIPT, arch, tmp_path)
+    if ptxas_missing(proc):
         pytest.skip("ptxas not available")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "compiled 9" in proc.stdout

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -21,9 +24,11 @@ T = TypeVar("T")
 
 __all__ = [
     "autotune_configs",
+    "compile_ahead_of_time",
     "interpret_mode",
     "l2_normalize_rows_triton",
     "lazy_kernel",
+    "ptxas_missing",
     "require_triton",
     "triton_available",
     "triton_importable",
@@ -72,6 +77,29 @@ def require_triton(name: str) -> None:
     """Clear error for calling a Triton launcher where it cannot run."""
     if not triton_importable():
         raise RuntimeError(f"{name} needs Triton, which is not installed")
+
+
+def compile_ahead_of_time(
+    script: str, arch: int, cache_dir: str | os.PathLike[str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c script arch`` with Triton's interpreter off and a private kernel cache.
+
+    Why: ``triton.compile`` for a GPU target needs no GPU, so a machine without one still catches
+    kernels that only the real compiler rejects; the tests turn the interpreter on, so a child
+    process without ``TRITON_INTERPRET`` does the compiling. The caller reads ``returncode`` and the
+    output (see :func:`ptxas_missing`); nothing is raised for a failed compile.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(Path(cache_dir))
+    return subprocess.run(
+        [sys.executable, "-c", script, str(arch)], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+def ptxas_missing(proc: subprocess.CompletedProcess[str]) -> bool:
+    """Whether a failed :func:`compile_ahead_of_time` run failed only because the ``ptxas`` assembler is absent."""
+    err = proc.stderr.lower()
+    return proc.returncode != 0 and "ptxas" in err and "not found" in err
 
 
 def lazy_kernel(builder: Callable[[], T]) -> Callable[[], T]:
