@@ -78,6 +78,13 @@ ROWS: list[BadInput] = [
              expect="is a folder, expected a file", setup=folder_at("x.safetensors")),
     BadInput("export-unwritable", [AQ, "export", "{tmp}/ck", "-o", "{tmp}/f/x.safetensors"],
              expect="is a file, not a folder", setup=file_at("f")),
+    # ---------------------------------------------------------------- calibrate
+    BadInput("calibrate-missing", [AQ, "calibrate", "{tmp}/nope", "-o", "{tmp}/x.safetensors"], expect="not found"),
+    BadInput("calibrate-other-kind", [AQ, "calibrate", "{tmp}/ck", "-o", "{tmp}/x.safetensors"],
+             expect="is not an arbitrary-quant EDSR model",
+             setup=_saved()),
+    BadInput("calibrate-bits-out-of-range", [AQ, "calibrate", "{tmp}/ck", "--bits", "1", "-o", "{tmp}/x.safetensors"],
+             expect="bits must be 2..8", setup=_saved()),
     # ---------------------------------------------------------------- bops / demo
     BadInput("bops-image-too-small", [AQ, "bops", "--image-size", "2"], expect="--image-size must be >= 4"),
     BadInput("bops-unknown-model", [AQ, "bops", "--model", "no_such_net"], expect="unknown model"),

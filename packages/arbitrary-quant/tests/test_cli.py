@@ -11,8 +11,10 @@ import torch
 from arbitrary_quant.checkpoints import load_quant_model
 from arbitrary_quant.cli import build_parser, main
 from arbitrary_quant.config import LSQConfig, MultiQuantConfig
+from arbitrary_quant.edsr import EDSR
 from arbitrary_quant.export import load_exported
 from arbitrary_quant.multiquant import set_bits
+from arbitrary_quant.sr_training import save_sr_model
 from slimkit.data import digits
 from slimkit.zoo import load_model
 
@@ -103,6 +105,10 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["dfsq-table", "--bits", "a"], "--bits: cannot read 'a'"),
         (["dfsq-table", "--train-steps", "0"], "train_steps must be an integer >= 1"),
         (["bivit-table", "--seeds", "x"], "--seeds: cannot read 'x'"),
+        (["calibrate", "{tmp}/missing", "-o", "{tmp}/x.safetensors"], "not found"),
+        (["calibrate", "{tmp}", "-o", "{tmp}/x.pt"], "use one of .safetensors"),
+        (["calibrate", "{tmp}", "--bits", "9", "-o", "{tmp}/x.safetensors"], "bits must be 2..8"),
+        (["calibrate", "{tmp}", "--calib-data", "{tmp}/nope", "-o", "{tmp}/x.safetensors"], "--calib-data folder not found"),
         (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
         (["table", "--bits", "3"], "not multiples of weight_bits=2"),
@@ -125,8 +131,20 @@ def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert sorted(sub.choices) == [
-        "bench", "bivit-table", "bops", "demo", "dfsq-table", "eval", "export", "table", "train",
+        "bench", "bivit-table", "bops", "calibrate", "demo", "dfsq-table", "eval", "export", "table", "train",
     ]  # fmt: skip
+
+
+def test_calibrate_quantizes_a_saved_edsr_and_writes_the_packed_model(tmp_path: Path, capsys) -> None:
+    torch.manual_seed(0)
+    save_sr_model(tmp_path / "sr", EDSR(scale=2, n_resblocks=2, n_feats=16))
+    target = tmp_path / "w4.safetensors"
+    res = _json(capsys, "calibrate", str(tmp_path / "sr"), "--bits", "4", "--patches", "8", "--calib-batch", "4",
+                "--eval-max-size", "64", "-o", str(target))  # fmt: skip
+    assert (res["method"], res["bits"], res["images"], res["calibration_patches"]) == ("dfsq", 4, 3, 8)
+    assert res["gap_db"] == res["quantized"]["psnr"] - res["fp"]["psnr"]
+    assert target.is_file() and target.stat().st_size == res["export"]["file_bytes"]
+    assert [row["bits"] for row in res["export"]["layers"]] == [4] * 4  # the two convs of both residual blocks
 
 
 def test_bops_of_a_bivit_vit_count_binary_ops(capsys) -> None:

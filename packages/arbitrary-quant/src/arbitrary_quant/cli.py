@@ -1,4 +1,4 @@
-"""The ``arbitrary-quant`` console script: train, eval, export, bops, table, bench, demo.
+"""The ``arbitrary-quant`` console script: train, eval, export, calibrate, bops, tables, bench, demo.
 
 Every subcommand validates its arguments, inputs and output paths before it writes anything;
 a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
@@ -24,12 +24,16 @@ from arbitrary_quant.baselines import init_lsq, recursive_loss
 from arbitrary_quant.bench import BenchSizes, run_benchmarks
 from arbitrary_quant.bivit_training import BiViTTableSettings, bivit_table, vit_ops
 from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
-from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.config import AnyPrecisionConfig, DFSQConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.dfsq import dfsq
+from arbitrary_quant.dfsq_table import METHODS as DFSQ_METHODS
 from arbitrary_quant.dfsq_table import DFSQTableSettings, dfsq_table
 from arbitrary_quant.export import export
 from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, set_bits
 from arbitrary_quant.quickstart import bits_report
 from arbitrary_quant.quickstart import run as run_demo
+from arbitrary_quant.sr import sr_eval_pairs, sr_patches
+from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
@@ -280,6 +284,41 @@ def _bops_human(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
+    """Post-training quantization of a saved EDSR: calibrate, score FP and quantized, write the packed model."""
+    target = check_output_file(args.output, (".safetensors",))
+    for name in ("patches", "patch-size", "calib-batch"):
+        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+    config = DFSQConfig(bits=args.bits, w_bits=args.w_bits, activation=DFSQ_METHODS[args.method], seed=args.seed)
+    for folder, what in ((args.calib_data, "--calib-data folder"), (args.eval_data, "--eval-data folder")):
+        if folder is not None:
+            check_input_dir(folder, what)
+    model, _ = load_sr_model(args.checkpoint)
+    model.eval()
+    scale = int(model.scale)
+    pairs = sr_eval_pairs("test", scale, max_size=args.eval_max_size, folder=args.eval_data)
+    cal = sr_patches("train", scale, args.patch_size, args.patches, seed=args.seed, augment=False, folder=args.calib_data)
+    batches = list(torch.stack([cal[i][0] for i in range(len(cal))]).split(args.calib_batch))
+    fp = evaluate_psnr(model, pairs, scale)
+    dfsq(model, batches, config)
+    quant = evaluate_psnr(model, pairs, scale)
+    report = export(model, target, config)
+    return {
+        "checkpoint": str(args.checkpoint), "method": args.method, "bits": args.bits, "output": str(target),
+        "images": len(pairs), "calibration_patches": len(cal),
+        "fp": {"psnr": fp["psnr"], "ssim": fp["ssim"]}, "quantized": {"psnr": quant["psnr"], "ssim": quant["ssim"]},
+        "gap_db": quant["psnr"] - fp["psnr"], "export": report.to_dict(),
+    }  # fmt: skip
+
+
+def _calibrate_human(r: dict[str, Any]) -> str:
+    return (
+        f"{r['method']} W{r['bits']}A{r['bits']} on {r['images']} images: PSNR {r['fp']['psnr']:.3f} dB FP -> "
+        f"{r['quantized']['psnr']:.3f} dB ({r['gap_db']:+.3f}); packed model {r['output']} "
+        f"({r['export']['bits_per_weight']:.2f} bits per quantized weight)"
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     _at_least("repeats", args.repeats, 1)
     device = resolve_device(args.device)
@@ -459,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
+
+    p = add_common(sub.add_parser("calibrate", help="post-training quantization of a saved EDSR (DFSQ or a baseline)"))
+    p.add_argument("checkpoint", help="EDSR folder written by arbitrary_quant.sr_training.save_sr_model")
+    p.add_argument("--method", default="dfsq", choices=tuple(DFSQ_METHODS))
+    p.add_argument("--bits", type=int, default=4, help="activation (and weight) bits (default: 4)")
+    p.add_argument("--w-bits", type=int, default=None, help="weight bits (default: --bits)")
+    p.add_argument("--calib-data", default=None, help="HR image folder for calibration (default: the bundled photos)")
+    p.add_argument("--eval-data", default=None, help="HR image folder to score (default: the bundled held-out photos)")
+    p.add_argument("--eval-max-size", type=int, default=None, help="centre-crop evaluation images to this HR side")
+    p.add_argument("--patches", type=int, default=32, help="calibration LR patches (official: 32)")
+    p.add_argument("--patch-size", type=int, default=48, help="HR patch side")
+    p.add_argument("--calib-batch", type=int, default=16)
+    p.add_argument("--output", "-o", required=True, help="the packed .safetensors to write")
+    p.set_defaults(func=lambda a: _emit(cmd_calibrate(a), a, _calibrate_human))
 
     p = add_common(sub.add_parser("dfsq-table", help="DFSQ vs MinMax vs Percentile PTQ of a trained EDSR: PSNR per bit-width"))
     _add_settings_flags(p, DFSQTableSettings())
