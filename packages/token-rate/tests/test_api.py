@@ -23,7 +23,7 @@ def test_narrow_all_and_version():
         assert name in token_rate.__all__
     for t in REGISTRY.config_types:
         assert t.__name__ in token_rate.__all__
-    assert token_rate.__version__ == "0.2.0"
+    assert token_rate.__version__ == "0.3.0"
     # 0.1 names stay importable from the package root: the very objects of their modules
     patch_module = importlib.import_module("token_rate.patch")
     assert token_rate.model_dims is patch_module.model_dims and token_rate.get_context is patch_module.get_context
