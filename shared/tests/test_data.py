@@ -5,8 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from slimkit.data import DATASETS, digits, image_folder, resolve_dataset, sample_images, stratified_split
+from slimkit.data import (
+    DATASETS,
+    digits,
+    first_inputs,
+    image_folder,
+    num_classes,
+    resolve_dataset,
+    sample_images,
+    stratified_split,
+)
 from slimkit.datasets import (
     CLUTTERED_DIGITS,
     CROP_SOURCES,
@@ -234,3 +244,18 @@ def test_generated_set_bad_split_channels_seed(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="seed"):
         generated_set(CROPS, "train", seed=-1, cache_dir=tmp_path, **SMALL_CROPS)
     assert not list(tmp_path.iterdir())
+
+
+def test_num_classes_and_first_inputs_of_every_kind_of_set(tmp_path: Path) -> None:
+    train = digits("train")
+    assert num_classes(train) == 10 == int(train.tensors[1].max()) + 1
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        Image.fromarray(np.full((4, 4, 3), 7, dtype=np.uint8)).save(tmp_path / c / "x.png")
+    folder = image_folder(tmp_path, 8)
+    assert num_classes(folder) == 3
+    with pytest.raises(BadInputError, match="cannot tell the number of classes of list"):
+        num_classes([])  # type: ignore[arg-type]
+    batch = first_inputs(train, 5)
+    assert torch.equal(batch, train.tensors[0][:5])
+    assert first_inputs(folder).shape == (3, 3, 8, 8) and first_inputs(folder, 99).shape[0] == 3

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,11 @@ __all__ = [
     "ImageSet",
     "cluttered_digits",
     "digits",
+    "first_inputs",
     "image_folder",
     "image_to_tensor",
     "natural_crops",
+    "num_classes",
     "read_image",
     "resolve_dataset",
     "sample_images",
@@ -180,6 +183,28 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return image_to_tensor(read_image(path), self.image_size, self.channels), label
+
+
+def num_classes(data: Dataset[Any]) -> int:
+    """Classes of a labelled set: its ``classes`` list (image folders, generated sets), else a tensor
+    set's largest label + 1 (digits); anything else is a BadInputError naming its type."""
+    classes = getattr(data, "classes", None)
+    if classes:
+        return len(classes)
+    tensors = getattr(data, "tensors", None)
+    if tensors is None:
+        raise BadInputError(f"cannot tell the number of classes of {type(data).__name__}")
+    return int(tensors[1].max()) + 1
+
+
+def first_inputs(data: Dataset[Any], n: int | None = None) -> torch.Tensor:
+    """The inputs of the first ``n`` items (every item with ``None``) stacked into one batch.
+
+    Why: calibration and quantizer initialisation need one fixed batch that every process of a
+    multi-process run reads the same way, whatever sampler the training uses.
+    """
+    count = len(data) if n is None else min(n, len(data))  # type: ignore[arg-type]
+    return torch.stack([data[i][0] for i in range(count)])
 
 
 def image_folder(path: str | os.PathLike[str], image_size: int, channels: int = 3) -> ImageFolder:

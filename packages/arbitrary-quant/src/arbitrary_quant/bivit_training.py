@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from arbitrary_quant.bivit import BinaryAttention, BinaryLinear, attention_grad_norms, binarize_vit, make_loss_fn
 from arbitrary_quant.config import BiViTConfig
 from slimkit.bench import env_header, mean_std
-from slimkit.data import DATASETS, resolve_dataset
+from slimkit.data import DATASETS, num_classes, resolve_dataset
 from slimkit.distill import FrozenTeacher
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
@@ -301,16 +301,6 @@ class BiViTTableSettings:
         )  # fmt: skip
 
 
-def _num_classes(data: Dataset[Any]) -> int:
-    classes = getattr(data, "classes", None)
-    if classes:
-        return len(classes)
-    tensors = getattr(data, "tensors", None)
-    if tensors is None:
-        raise BadInputError(f"cannot tell the number of classes of {type(data).__name__}")
-    return int(tensors[1].max()) + 1
-
-
 def _table_vit(s: BiViTTableSettings, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return small_vit(num_classes, s.channels(), img_size=s.image_size, patch_size=s.patch_size, depth=s.depth,
@@ -335,7 +325,7 @@ def bivit_table(
         for seed in s.seeds:
             train_set = resolve_dataset(s.data, "train", s.image_size, s.channels(), seed)
             held = resolve_dataset(s.data, s.held_out_split(), s.image_size, s.channels(), seed)
-            classes = _num_classes(train_set)
+            classes = num_classes(train_set)
             teacher = _table_vit(s, classes, seed)
             t0 = time.perf_counter()
             result = train_teacher(teacher, train_set, s.train_config(Path(tmp) / f"teacher_{seed}", seed, True))

@@ -38,7 +38,7 @@ from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
 from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main
-from slimkit.data import DATASETS, image_folder, resolve_dataset
+from slimkit.data import DATASETS, first_inputs, image_folder, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.opcount import count_ops
@@ -108,19 +108,6 @@ def _datasets(args: argparse.Namespace, size: int, channels: int) -> tuple[Any, 
     return image_folder(args.data, size, channels), image_folder(args.val_data, size, channels)
 
 
-def _num_classes(dataset: Any) -> int:
-    classes = getattr(dataset, "classes", None)
-    if classes:
-        return len(classes)
-    tensors = getattr(dataset, "tensors", None)
-    return int(tensors[1].max()) + 1 if tensors is not None else 10
-
-
-def _first_images(dataset: Any, n: int) -> torch.Tensor:
-    """The first ``n`` training images: the same batch on every process (bounds are initialised from it)."""
-    return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
-
-
 # --------------------------------------------------------------------------- train
 
 
@@ -174,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     check_output_dir(out, KIND_TRAIN)
     size, channels = _layout(args)
     train_set, val_set = _datasets(args, size, channels)
-    spec = ModelSpec(args.model, _num_classes(train_set), channels, size)
+    spec = ModelSpec(args.model, num_classes(train_set), channels, size)
     torch.manual_seed(args.seed)
     model = quantize_(load_model(spec.name, spec.num_classes, spec.in_chans), config)
     train_config = TrainConfig(
@@ -183,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed, resume_from=args.resume, progress=not (args.no_progress or args.json),
         cpu=device.type == "cpu", log_every=max(1, args.steps // 20),
     )  # fmt: skip
-    trained, how = _training(model, config, args, _first_images(train_set, args.batch_size))
+    trained, how = _training(model, config, args, first_inputs(train_set, args.batch_size))
     state = PartialState()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
@@ -298,7 +285,7 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     scale = int(model.scale)
     pairs = sr_eval_pairs("test", scale, max_size=args.eval_max_size, folder=args.eval_data)
     cal = sr_patches("train", scale, args.patch_size, args.patches, seed=args.seed, augment=False, folder=args.calib_data)
-    batches = list(torch.stack([cal[i][0] for i in range(len(cal))]).split(args.calib_batch))
+    batches = list(first_inputs(cal).split(args.calib_batch))
     fp = evaluate_psnr(model, pairs, scale)
     dfsq(model, batches, config)
     quant = evaluate_psnr(model, pairs, scale)

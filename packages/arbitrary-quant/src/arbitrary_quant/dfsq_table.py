@@ -50,6 +50,7 @@ from arbitrary_quant.reference import dfsq_normalize, dfsq_universal_set
 from arbitrary_quant.sr import sr_eval_pairs, sr_patches
 from arbitrary_quant.sr_training import evaluate_psnr, train_edsr
 from slimkit.bench import env_header, mean_std, time_fn
+from slimkit.data import first_inputs
 from slimkit.errors import BadInputError
 from slimkit.io import atomic_write, save_json
 from slimkit.progress import progress
@@ -165,8 +166,7 @@ def _train_fp(seed: int, s: DFSQTableSettings, workdir: Path) -> tuple[EDSR, dic
 def _calibration_batches(seed: int, s: DFSQTableSettings) -> list[Tensor]:
     """LR patches of the training images at positions the training draw did not pick (own seed), no augmentation."""
     cal = sr_patches("train", s.scale, s.patch_size, s.calibration_patches, seed=seed + 10_000, augment=False)
-    lrs = torch.stack([cal[i][0] for i in range(len(cal))])
-    return list(lrs.split(s.calibration_batch))
+    return list(first_inputs(cal).split(s.calibration_batch))
 
 
 def _quantized_cell(

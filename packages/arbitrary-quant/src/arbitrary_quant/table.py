@@ -29,7 +29,7 @@ from arbitrary_quant.config import AnyPrecisionConfig, LSQConfig, MultiQuantConf
 from arbitrary_quant.multiquant import init_bounds, set_bits
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
 from slimkit.bench import env_header, mean_std
-from slimkit.data import resolve_dataset
+from slimkit.data import first_inputs, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
 from slimkit.io import atomic_write, save_json
@@ -91,27 +91,23 @@ def _fit(trained: nn.Module, data: Any, s: MultiBitTableSettings, seed: int, wor
     train(trained, data, config, **how)
 
 
-def _first(data: Any, n: int) -> torch.Tensor:
-    return torch.stack([data[i][0] for i in range(min(n, len(data)))])
-
-
 def _run_seed(method: str, s: MultiBitTableSettings, seed: int, tmp: Path) -> dict[int, float]:
     """Top-1 per bit-width of one method at one seed."""
     train_set, held, chans = _sets(s, seed)
-    classes = len(getattr(held, "classes", None) or range(int(train_set.tensors[1].max()) + 1))
+    classes = num_classes(train_set)
     workdir = tmp / f"{method}_{seed}"
     if method == "lsq":
         out = {}
         for bits in s.bits:
             model = quantize_(_model(chans, classes, s, seed), LSQConfig(w_bits=bits, a_bits=bits, seed=seed))
-            init_lsq(model, _first(train_set, s.batch_size))
+            init_lsq(model, first_inputs(train_set, s.batch_size))
             _fit(model, train_set, s, seed, workdir / str(bits))
             out[bits] = top1(model.eval(), held)
         return out
     if method == "multiquant":
         config: Any = MultiQuantConfig(groups=s.groups, bit_list=s.bits, seed=seed)
         model = quantize_(_model(chans, classes, s, seed), config)
-        init_bounds(model, _first(train_set, s.batch_size))
+        init_bounds(model, first_inputs(train_set, s.batch_size))
         how = {"loss_fn": multibit_loss(config.distill_weight), "optimizer_fn": multiquant_optimizer(model)}
     elif method == "any-precision":
         model = quantize_(_model(chans, classes, s, seed), AnyPrecisionConfig(bit_list=s.bits, seed=seed))

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from slimkit.bench import env_header, mean_std
-from slimkit.data import resolve_dataset
+from slimkit.data import num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import atomic_write, save_json
 from slimkit.progress import progress
@@ -73,17 +73,6 @@ def warm_start_schedule(model: nn.Module, target_gmacs: float) -> Schedule:
     merge = tome_token_counts(dims, [r] * dims.depth)
     return Schedule([dims.num_tokens] * dims.depth, merge, num_tokens=dims.num_tokens,
                     num_prefix_tokens=dims.num_prefix_tokens)  # fmt: skip
-
-
-def _num_classes(data: Dataset[Any]) -> int:
-    """Classes in a labelled set: a tensor set's largest label + 1, or an image folder's class list."""
-    classes = getattr(data, "classes", None)
-    if classes is not None:
-        return len(classes)
-    tensors = getattr(data, "tensors", None)
-    if tensors is None:
-        raise BadInputError(f"cannot tell the number of classes of {type(data).__name__}")
-    return int(tensors[1].max()) + 1
 
 
 def _layout(data: str, eval_split: str) -> tuple[int, str]:
@@ -164,7 +153,7 @@ def method_table(
     with tempfile.TemporaryDirectory(prefix="token-rate-table-") as tmp:
         for seed in seeds:
             train_set, held_out = table_data(data, seed, eval_split)
-            model = _train_vit(train_set, _num_classes(train_set), chans, seed, s, Path(tmp))
+            model = _train_vit(train_set, num_classes(train_set), chans, seed, s, Path(tmp))
             base = analytic_macs(model_dims(model)) / 1e9
             runs.append({"seed": seed, "variant": "uncompressed", "ratio": 1.0, **_cell(model, None, held_out)})
             bar.update(1)
