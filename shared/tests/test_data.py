@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.datasets import load_sample_images
 
 from slimkit.data import (
     DATASETS,
@@ -259,3 +260,12 @@ def test_num_classes_and_first_inputs_of_every_kind_of_set(tmp_path: Path) -> No
     batch = first_inputs(train, 5)
     assert torch.equal(batch, train.tensors[0][:5])
     assert first_inputs(folder).shape == (3, 3, 8, 8) and first_inputs(folder, 99).shape[0] == 3
+
+
+def test_sample_images_also_serve_the_scikit_learn_photos() -> None:
+    photos = sample_images(["sklearn:china", "sklearn:flower", "coins"])
+    bunch = load_sample_images()
+    assert np.array_equal(photos["sklearn:china"], bunch.images[0]) and photos["sklearn:china"].dtype == np.uint8
+    assert photos["sklearn:flower"].shape == (427, 640, 3) and photos["coins"].shape[2] == 3
+    with pytest.raises(BadInputError, match="unknown scikit-learn sample image 'tiger'; known: china, flower"):
+        sample_images(["sklearn:tiger"])

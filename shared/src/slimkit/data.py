@@ -105,14 +105,28 @@ def digits(
     return TensorDataset(images.contiguous(), torch.from_numpy(labels_np))
 
 
+def _sklearn_sample(name: str) -> np.ndarray:
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    found = {Path(f).stem: img for f, img in zip(bunch.filenames, bunch.images, strict=True)}
+    if name not in found:
+        raise BadInputError(f"unknown scikit-learn sample image {name!r}; known: {', '.join(found)}")
+    return np.asarray(found[name])
+
+
 def sample_images(names: Sequence[str] | None = None, size: int | None = None) -> dict[str, np.ndarray]:
-    """scikit-image's bundled photos as RGB uint8 HWC arrays (optionally resized square)."""
+    """The bundled photos as RGB uint8 HWC arrays (optionally resized square): scikit-image's by name,
+    scikit-learn's as ``"sklearn:china"`` / ``"sklearn:flower"``."""
     from skimage import data as skdata
 
     default = ("astronaut", "coffee", "chelsea", "rocket")
     chosen = tuple(names) if names else default
     out: dict[str, np.ndarray] = {}
     for name in chosen:
+        if name.startswith("sklearn:"):
+            out[name] = _sklearn_sample(name.split(":", 1)[1]).astype(np.uint8)
+            continue
         loader = getattr(skdata, name, None)
         if loader is None or not callable(loader):
             raise BadInputError(f"unknown scikit-image sample {name!r}; try one of {', '.join(default)}")

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_sample_images
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -66,28 +65,12 @@ _Y_OFFSET = 16.0 / 255.0
 # --------------------------------------------------------------------------- images
 
 
-@functools.lru_cache(maxsize=1)
-def _sklearn_images() -> dict[str, np.ndarray]:
-    bunch = load_sample_images()
-    return {Path(f).stem: np.asarray(img, dtype=np.uint8) for f, img in zip(bunch.filenames, bunch.images, strict=True)}
-
-
-def _load(name: str) -> np.ndarray:
-    if name.startswith("sklearn:"):
-        images = _sklearn_images()
-        key = name.split(":", 1)[1]
-        if key not in images:
-            raise BadInputError(f"unknown scikit-learn sample image {key!r}; known: {', '.join(images)}")
-        return images[key].copy()
-    return sample_images([name])[name]
-
-
 def sr_images(split: str = "train") -> dict[str, np.ndarray]:
     """The built-in HR images of ``split`` (``train``, ``test`` or ``all``) as RGB uint8 HWC arrays."""
     if split not in SPLITS:
         raise BadInputError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     names = {"train": TRAIN_IMAGES, "test": TEST_IMAGES, "all": TRAIN_IMAGES + TEST_IMAGES}[split]
-    return {name: _load(name) for name in names}
+    return sample_images(names)
 
 
 def load_hr_folder(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
