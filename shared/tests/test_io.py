@@ -30,6 +30,7 @@ from slimkit.io import (
     save_json,
     save_model,
     save_state_dict,
+    save_table,
 )
 
 
@@ -495,3 +496,12 @@ def test_current_umask_without_a_usable_proc(
     umask(0o027)
     assert current_umask() == 0o027
     assert current_umask() == 0o027  # and it was left as it was
+
+
+def test_save_table_writes_the_result_and_its_markdown(tmp_path: Path) -> None:
+    result = {"rows": [{"method": "a", "top1": 0.5}], "markdown": "| method | top-1 |\n| a | 50.0 |"}
+    (tmp_path / "t").mkdir()
+    save_table(tmp_path / "t", result)
+    assert json.loads((tmp_path / "t" / "results.json").read_text()) == result
+    assert (tmp_path / "t" / "table.md").read_text() == result["markdown"] + "\n"
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["results.json", "table.md"]

@@ -102,6 +102,14 @@ def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return Path(path)
 
 
+def save_table(output: str | os.PathLike[str], result: Mapping[str, Any]) -> None:
+    """A method table's two files in ``output``: ``results.json`` (everything) and ``table.md``
+    (``result["markdown"]``), each written atomically, the layout every package's ``table`` command uses."""
+    save_json(Path(output) / "results.json", result)
+    with atomic_write(Path(output) / "table.md") as handle:
+        handle.write(str(result["markdown"]) + "\n")
+
+
 def load_json(path: str | os.PathLike[str]) -> Any:
     """Read JSON with a one-line error for a missing or unparsable file."""
     p = Path(path)

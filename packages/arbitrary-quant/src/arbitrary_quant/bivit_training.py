@@ -45,7 +45,7 @@ from slimkit.data import DATASETS, num_classes, resolve_dataset
 from slimkit.distill import FrozenTeacher
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
-from slimkit.io import atomic_write, load_into, save_json
+from slimkit.io import load_into, save_table
 from slimkit.opcount import FP_BITS, count_ops
 from slimkit.plot import save_png
 from slimkit.progress import progress
@@ -366,9 +366,7 @@ def bivit_table(
     }
     result_dict["markdown"] = _markdown(rows, s)
     if output is not None:
-        save_json(Path(output) / "results.json", result_dict)
-        with atomic_write(Path(output) / "table.md") as fh:
-            fh.write(result_dict["markdown"] + "\n")
+        save_table(output, result_dict)
     return result_dict
 
 

@@ -52,7 +52,7 @@ from arbitrary_quant.sr_training import evaluate_psnr, train_edsr
 from slimkit.bench import env_header, mean_std, time_fn
 from slimkit.data import first_inputs
 from slimkit.errors import BadInputError
-from slimkit.io import atomic_write, save_json
+from slimkit.io import save_table
 from slimkit.progress import progress
 from slimkit.train import TrainConfig
 
@@ -323,9 +323,7 @@ def dfsq_table(
     }
     result["markdown"] = _markdown(result, len(s.seeds))
     if output is not None:
-        save_json(Path(output) / "results.json", result)
-        with atomic_write(Path(output) / "table.md") as fh:
-            fh.write(result["markdown"] + "\n")
+        save_table(output, result)
     return result
 
 

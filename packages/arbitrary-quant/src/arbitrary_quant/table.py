@@ -32,7 +32,7 @@ from slimkit.bench import env_header, mean_std
 from slimkit.data import first_inputs, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
-from slimkit.io import atomic_write, save_json
+from slimkit.io import save_table
 from slimkit.progress import progress
 from slimkit.train import TrainConfig, train
 from slimkit.zoo import SmallResNet
@@ -158,9 +158,7 @@ def multibit_table(
         "markdown": _markdown(rows, s.bits, methods, len(seeds)),
     }  # fmt: skip
     if output is not None:
-        save_json(output / "results.json", result)
-        with atomic_write(output / "table.md") as fh:
-            fh.write(result["markdown"] + "\n")
+        save_table(output, result)
     return result
 
 

@@ -29,7 +29,7 @@ from nm_sparse.reference import to_gemm_matrix
 from nm_sparse.sparsify import nm_layers
 from slimkit.bench import env_header, mean_std
 from slimkit.data import resolve_dataset
-from slimkit.io import atomic_write, save_json
+from slimkit.io import save_table
 from slimkit.progress import progress
 from slimkit.train import TrainConfig, train
 
@@ -210,9 +210,7 @@ def accuracy_table(
         "markdown": _markdown(rows, patterns, len(seeds), f"{data} ({eval_split})"),
     }
     if output is not None:
-        save_json(output / "results.json", result)
-        with atomic_write(output / "table.md") as fh:
-            fh.write(str(result["markdown"]) + "\n")
+        save_table(output, result)
     return result
 
 

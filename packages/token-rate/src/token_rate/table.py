@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from slimkit.bench import env_header, mean_std
 from slimkit.data import num_classes, resolve_dataset
 from slimkit.errors import BadInputError
-from slimkit.io import atomic_write, save_json
+from slimkit.io import save_table
 from slimkit.progress import progress
 from slimkit.train import TrainConfig, train
 from token_rate.bench import matched_tome_r
@@ -188,9 +188,7 @@ def method_table(
         "markdown": _markdown(rows, len(seeds)),
     }
     if output is not None:
-        save_json(output / "results.json", result)
-        with atomic_write(output / "table.md") as fh:
-            fh.write(result["markdown"] + "\n")
+        save_table(output, result)
     return result
 
 
