@@ -21,7 +21,7 @@ from slimkit.models import read_checkpoint
 from slimkit.paths import check_input_file
 from slimkit.zoo import ModelSpec
 
-__all__ = ["META_KEY", "load_quant_model", "save_quant_model"]
+__all__ = ["META_KEY", "load_quant_model", "model_files", "save_quant_model"]
 
 META_KEY = "arbitrary_quant"
 
@@ -33,12 +33,14 @@ def save_quant_model(
     return save_model(directory, model, config, {META_KEY: {"model": asdict(spec), **(extra or {})}})
 
 
-def _resolve(path: Path) -> tuple[Path, Path]:
+def model_files(path: Path, what: str = "checkpoint") -> tuple[Path, Path]:
+    """``(model.safetensors, config.json)`` of a saved model given as its folder or its weights file;
+    a missing path or file is a one-line BadInputError naming ``what``."""
     if not path.exists():
-        raise BadInputError(f"checkpoint not found: {path}")
+        raise BadInputError(f"{what} not found: {path}")
     folder = path.parent if path.is_file() else path
     if path.is_file():
-        check_input_file(path, "checkpoint", (".safetensors",))
+        check_input_file(path, what, (".safetensors",))
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise BadInputError(f"no model.safetensors in {folder}")
@@ -49,7 +51,7 @@ def _resolve(path: Path) -> tuple[Path, Path]:
 
 def load_quant_model(path: str | Path) -> tuple[nn.Module, ModelSpec, Any, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_quant_model`; returns ``(model, spec, config, extra)``."""
-    weights, config_file = _resolve(Path(path))
+    weights, config_file = model_files(Path(path))
     try:
         meta = load_json(config_file)
     except CorruptFileError as exc:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from arbitrary_quant.checkpoints import model_files
 from arbitrary_quant.edsr import EDSR, ResBlock
 from arbitrary_quant.sr import evaluate_sr
 from slimkit.errors import BadInputError, CorruptFileError
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 META_KEY = "arbitrary_quant_sr"
-_WEIGHTS, _CONFIG = "model.safetensors", "config.json"
 
 
 @dataclass
@@ -110,21 +110,9 @@ def save_sr_model(directory: str | Path, model: EDSR, extra: dict[str, Any] | No
     return save_model(directory, model, spec, {META_KEY: dict(extra or {})})
 
 
-def _files(path: Path) -> tuple[Path, Path]:
-    if not path.exists():
-        raise BadInputError(f"SR model not found: {path}")
-    folder = path.parent if path.is_file() else path
-    weights, config = folder / _WEIGHTS, folder / _CONFIG
-    if not weights.is_file():
-        raise BadInputError(f"no {_WEIGHTS} in {folder}")
-    if not config.is_file():
-        raise BadInputError(f"no {_CONFIG} beside {weights}: cannot tell which model it holds")
-    return weights, config
-
-
 def load_sr_model(path: str | Path) -> tuple[EDSR, dict[str, Any]]:
     """Rebuild an EDSR saved by :func:`save_sr_model` (folder or its ``model.safetensors``); returns ``(model, extra)``."""
-    weights, config_file = _files(Path(path))
+    weights, config_file = model_files(Path(path), "SR model")
     meta = load_json(config_file)  # unparsable -> CorruptFileError naming the file
     cfg = meta.get("config") if isinstance(meta, dict) else None
     kind = cfg.get("_type") if isinstance(cfg, dict) else None
