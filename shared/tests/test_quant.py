@@ -22,6 +22,7 @@ from slimkit.quant import (
     fake_quantize_affine,
     granular_param_shape,
     granular_view,
+    interval_codes,
     interval_quantize,
     lsq_fake_quant,
     lsq_grad_scale,
@@ -427,3 +428,16 @@ def test_sign_binarizer_scales() -> None:
         SignBinarizer("tanh")
     with pytest.raises(BadInputError):
         sign_binarize(w, "clip")
+
+
+def test_interval_codes_are_the_levels_interval_quantize_rounds_to() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 50, generator=g) * 2
+    lower, upper = torch.tensor([[-1.0], [-0.5], [0.0], [0.3]]), torch.tensor([[1.0], [0.5], [0.2], [0.3]])
+    for bits in (1, 2, 4):
+        codes = interval_codes(x, lower, upper, bits)
+        levels = 2**bits - 1
+        assert codes.dtype == torch.int64 and int(codes.min()) >= 0 and int(codes.max()) <= levels
+        r = codes.float() / levels  # the float32 arithmetic interval_quantize does after rounding
+        assert torch.equal(r, interval_quantize(x, lower, upper, bits))
+        assert torch.equal(2 * (r - 0.5), interval_quantize(x, lower, upper, bits, "weight"))

@@ -55,6 +55,7 @@ __all__ = [
     "fake_quantize_affine",
     "granular_param_shape",
     "granular_view",
+    "interval_codes",
     "interval_quantize",
     "lsq_fake_quant",
     "lsq_grad_scale",
@@ -545,11 +546,24 @@ def interval_quantize(
     if mode not in _INTERVAL_MODES:
         raise BadInputError(f"interval quantizer mode must be 'weight' or 'activation', got {mode!r}")
     levels = 2 ** _check_bits(bits) - 1
+    r = round_ste(_interval_unit(x, lower, upper, eps) * levels) / levels
+    return 2 * (r - 0.5) if mode == "weight" else r
+
+
+def _interval_unit(x: Tensor, lower: Tensor | float, upper: Tensor | float, eps: float) -> Tensor:
+    """``clip((x - lower) / (upper - lower), 0, 1)`` with the width floored at ``eps``."""
     lo = _as_tensor(lower, x)
     width = (_as_tensor(upper, x) - lo).clamp_min(eps)
-    t = torch.clamp((x - lo) / width, 0.0, 1.0)
-    r = round_ste(t * levels) / levels
-    return 2 * (r - 0.5) if mode == "weight" else r
+    return torch.clamp((x - lo) / width, 0.0, 1.0)
+
+
+def interval_codes(
+    x: Tensor, lower: Tensor | float, upper: Tensor | float, bits: int, eps: float = 1e-8
+) -> Tensor:
+    """The integer level (``0 .. 2^bits - 1``, int64) :func:`interval_quantize` rounds ``x`` to, for export:
+    the same float operations, so the same integers."""
+    levels = 2 ** _check_bits(bits) - 1
+    return torch.round(_interval_unit(x, lower, upper, eps) * levels).to(torch.int64)
 
 
 class IntervalQuantizer(nn.Module):

@@ -76,6 +76,7 @@ from arbitrary_quant.reference import minmax_weight_quantize_reference
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import config_from_dict, config_to_dict, load_state_dict, save_state_dict
 from slimkit.packing import pack_bits, pack_signs, packed_length, unpack_bits, unpack_signs
+from slimkit.quant import interval_codes
 from slimkit.report import ReportMixin
 from slimkit.wrappers import unwrap_modules
 
@@ -85,7 +86,7 @@ FORMAT = "arbitrary-quant/packed"
 FORMAT_VERSION = 1
 STATE = "state."
 QUANT = "quant."
-_INTERVAL_EPS = 1e-8  # slimkit.quant.interval_quantize's floor on ``upper - lower``
+_INTERVAL_EPS = 1e-8  # slimkit.quant.interval_codes floor on ``upper - lower``
 _ULP_SEARCH = 4  # Bi-ViT: how many float32 ulps either side of alpha * n the loader tries
 
 try:
@@ -227,13 +228,6 @@ class _MultiQuant(_Codec):
             raise BadInputError(f"{name} has groups/bit_list/weight_bits {got}, the config says {want}")
 
     @staticmethod
-    def _codes(w: Tensor, lo: Tensor, up: Tensor, bits: int) -> Tensor:
-        """The level index interval_quantize rounds to (same float ops, so the same integers)."""
-        levels = 2**bits - 1
-        width = (up - lo).clamp_min(_INTERVAL_EPS)
-        return torch.round(torch.clamp((w - lo) / width, 0.0, 1.0) * levels).to(torch.int64)
-
-    @staticmethod
     def _latent(codes: Tensor, lo: Tensor, up: Tensor, bits: int) -> Tensor:
         """The centre of each code's rounding bin: interval_quantize maps it back to the same code."""
         levels = 2**bits - 1
@@ -245,8 +239,8 @@ class _MultiQuant(_Codec):
         w = module.branch_weight.detach().float().cpu()
         lo = module.w_lower.detach().float().cpu()
         up = module.w_upper.detach().float().cpu()
-        codes = self._codes(w, lo, up, bits)
-        if not torch.equal(self._codes(self._latent(codes, lo, up, bits), lo, up, bits), codes):
+        codes = interval_codes(w, lo, up, bits)
+        if not torch.equal(interval_codes(self._latent(codes, lo, up, bits), lo, up, bits), codes):
             raise BadInputError(f"{name}: the weight interval is degenerate (upper - lower too small to export)")
         g = w.shape[0]
         quant = {
