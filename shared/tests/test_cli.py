@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
+from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main, train_val_datasets
 from slimkit.errors import BadInputError
 
 
@@ -91,3 +94,22 @@ def test_progress_lives_in_its_own_module() -> None:
 
     assert slimkit.cli.progress is slimkit.progress.progress
     assert list(slimkit.progress.progress(range(3), disable=True)) == [0, 1, 2]
+
+
+def test_train_val_datasets_reads_data_and_val_data_one_way(tmp_path: Path) -> None:
+    train, val = train_val_datasets("digits", None, 8, 1, 0)
+    assert len(train) + len(val) == 1797
+    with pytest.raises(BadInputError, match=r"--val-data needs --data to be an image folder \(digits has its own"):
+        train_val_datasets("digits", str(tmp_path), 8, 1, 0)
+    for root in ("tr", "va"):
+        for c in ("a", "b"):
+            (tmp_path / root / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / root / c / "x.png")
+    folder_train, no_val = train_val_datasets(str(tmp_path / "tr"), None, 8, 3, 0)
+    assert len(folder_train) == 2 and no_val is None
+    with pytest.raises(BadInputError, match="give its held-out images with --val-data FOLDER"):
+        train_val_datasets(str(tmp_path / "tr"), None, 8, 3, 0, require_val=True)
+    _, folder_val = train_val_datasets(str(tmp_path / "tr"), str(tmp_path / "va"), 8, 3, 0, require_val=True)
+    assert len(folder_val) == 2
+    with pytest.raises(BadInputError, match="--val-data folder not found"):
+        train_val_datasets(str(tmp_path / "tr"), str(tmp_path / "nope"), 8, 3, 0)

@@ -19,8 +19,9 @@ import torch
 
 from slimkit import __version__
 from slimkit.bench import env_header
+from slimkit.data import DATASETS, image_folder, resolve_dataset
 from slimkit.errors import BadInputError
-from slimkit.paths import claim_output_dir
+from slimkit.paths import check_input_dir, claim_output_dir
 from slimkit.progress import progress
 from slimkit.quickstart import run as run_demo
 
@@ -62,6 +63,27 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return parser
+
+
+def train_val_datasets(
+    data: str, val_data: str | None, image_size: int, channels: int, seed: int, require_val: bool = False
+) -> tuple[Any, Any]:
+    """``--data`` / ``--val-data`` as every training CLI reads them: a name in ``DATASETS`` gives its own
+    train and val splits (``--val-data`` is then an error); a folder of class subfolders is the training
+    set and ``--val-data`` its held-out folder (``None`` when not given, unless ``require_val``)."""
+    if data in DATASETS:
+        if val_data is not None:
+            raise BadInputError(f"--val-data needs --data to be an image folder ({data} has its own held-out split)")
+        # digits: the stratified train/val split; crops, cluttered-digits: generated (cached) train/val splits
+        return (resolve_dataset(data, "train", image_size, channels, seed),
+                resolve_dataset(data, "val", image_size, channels, seed))  # fmt: skip
+    check_input_dir(data, "--data folder")
+    if val_data is None and require_val:
+        raise BadInputError("--data is an image folder: give its held-out images with --val-data FOLDER")
+    if val_data is not None:
+        check_input_dir(val_data, "--val-data folder")
+    val_set = image_folder(val_data, image_size, channels) if val_data else None
+    return image_folder(data, image_size, channels), val_set
 
 
 def resolve_device(name: str) -> torch.device:

@@ -37,7 +37,7 @@ from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
-from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main
+from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main, train_val_datasets
 from slimkit.data import DATASETS, first_inputs, image_folder, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
@@ -93,21 +93,6 @@ def _layout(args: argparse.Namespace) -> tuple[int, int]:
     return size, channels
 
 
-def _datasets(args: argparse.Namespace, size: int, channels: int) -> tuple[Any, Any]:
-    if args.data in DATASETS:
-        if args.val_data is not None:
-            raise BadInputError(f"--val-data needs --data to be an image folder ({args.data} has its own held-out split)")
-        return (
-            resolve_dataset(args.data, "train", size, channels, args.seed),
-            resolve_dataset(args.data, "val", size, channels, args.seed),
-        )
-    check_input_dir(args.data, "--data folder")
-    if args.val_data is None:
-        raise BadInputError("--data is an image folder: give its held-out images with --val-data FOLDER")
-    check_input_dir(args.val_data, "--val-data folder")
-    return image_folder(args.data, size, channels), image_folder(args.val_data, size, channels)
-
-
 # --------------------------------------------------------------------------- train
 
 
@@ -160,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     check_output_dir(out, KIND_TRAIN)
     size, channels = _layout(args)
-    train_set, val_set = _datasets(args, size, channels)
+    train_set, val_set = train_val_datasets(args.data, args.val_data, size, channels, args.seed, require_val=True)
     spec = ModelSpec(args.model, num_classes(train_set), channels, size)
     torch.manual_seed(args.seed)
     model = quantize_(load_model(spec.name, spec.num_classes, spec.in_chans), config)

@@ -50,11 +50,11 @@ from nm_sparse.quickstart import run as run_demo
 from nm_sparse.reference import LAYOUTS, SCORERS
 from nm_sparse.sweep import accuracy_table
 from nm_sparse.zoo import load_model
-from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
-from slimkit.data import DATASETS, image_folder, resolve_dataset
+from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main, train_val_datasets
+from slimkit.data import DATASETS
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, load_json, load_state_dict, save_json
-from slimkit.paths import OUTPUT_MARKER, check_input_dir, check_output_dir, check_output_file, claim_output_dir
+from slimkit.paths import OUTPUT_MARKER, check_output_dir, check_output_file, claim_output_dir
 from slimkit.train import TrainConfig, find_latest_checkpoint, read_checkpoint_marker, train
 
 __all__ = ["PROG", "build_parser", "main"]
@@ -158,26 +158,6 @@ def _check_train_options(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- train
 
 
-def _datasets(args: argparse.Namespace, image_size: int, channels: int) -> tuple[Any, Any]:
-    train_set: Any
-    val_set: Any
-    if args.data in DATASETS:
-        if args.val_data is not None:
-            raise BadInputError(
-                f"--val-data needs --data to be an image folder ({args.data} has its own held-out split)"
-            )
-        # digits: the stratified train/val split; crops, cluttered-digits: generated (cached) train/val splits
-        train_set = resolve_dataset(args.data, "train", image_size, channels, args.seed)
-        val_set = resolve_dataset(args.data, "val", image_size, channels, args.seed)
-        return train_set, val_set
-    check_input_dir(args.data, "--data folder")
-    if args.val_data is not None:
-        check_input_dir(args.val_data, "--val-data folder")
-    train_set = image_folder(args.data, image_size, channels)
-    val_set = image_folder(args.val_data, image_size, channels) if args.val_data else None
-    return train_set, val_set
-
-
 def _num_classes(dataset: Any, fallback: int = 10) -> int:
     classes = getattr(dataset, "classes", None)
     return len(classes) if classes else fallback
@@ -262,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         progress=not (args.no_progress or args.json),
         cpu=device.type == "cpu",
     )
-    train_set, val_set = _datasets(args, image_size, channels)
+    train_set, val_set = train_val_datasets(args.data, args.val_data, image_size, channels, args.seed)
     num_classes = args.num_classes or _num_classes(train_set)
     spec = ModelSpec(args.model, num_classes, channels, image_size)
     run = {"model": asdict(spec), "config": config_to_dict(config), "data": args.data}
