@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main, train_val_datasets
+from slimkit.cli import (
+    add_common,
+    at_least,
+    emit,
+    format_table,
+    make_parser,
+    positive,
+    resolve_device,
+    run_main,
+    train_val_datasets,
+)
 from slimkit.errors import BadInputError
 
 
@@ -113,3 +123,16 @@ def test_train_val_datasets_reads_data_and_val_data_one_way(tmp_path: Path) -> N
     assert len(folder_val) == 2
     with pytest.raises(BadInputError, match="--val-data folder not found"):
         train_val_datasets(str(tmp_path / "tr"), str(tmp_path / "nope"), 8, 3, 0)
+
+
+def test_at_least_and_positive_name_the_flag_and_pass_unset_options() -> None:
+    at_least("steps", 1, 1)
+    at_least("steps", None, 1)
+    positive("lr", None)
+    positive("lr", 1e-9)
+    with pytest.raises(BadInputError) as exc:
+        at_least("steps", 0, 1, "max_steps")
+    assert str(exc.value) == "--steps (max_steps) must be >= 1, got 0"
+    with pytest.raises(BadInputError) as exc:
+        positive("lr", 0.0)
+    assert str(exc.value) == "--lr must be > 0, got 0.0"

@@ -65,6 +65,19 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def at_least(flag: str, value: float | None, low: float, alias: str = "") -> None:
+    """``--flag`` must be ``>= low`` (``None``, an option left unset, passes); ``alias`` names the field it fills."""
+    if value is not None and value < low:
+        also = f" ({alias})" if alias else ""
+        raise BadInputError(f"--{flag}{also} must be >= {low}, got {value}")
+
+
+def positive(flag: str, value: float | None) -> None:
+    """``--flag`` must be ``> 0`` (``None``, an option left unset, passes)."""
+    if value is not None and not value > 0:
+        raise BadInputError(f"--{flag} must be > 0, got {value}")
+
+
 def train_val_datasets(
     data: str, val_data: str | None, image_size: int, channels: int, seed: int, require_val: bool = False
 ) -> tuple[Any, Any]:

@@ -37,7 +37,7 @@ from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
-from slimkit.cli import add_common, emit, make_parser, resolve_device, run_main, train_val_datasets
+from slimkit.cli import add_common, at_least, emit, make_parser, positive, resolve_device, run_main, train_val_datasets
 from slimkit.data import DATASETS, first_inputs, image_folder, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
@@ -61,16 +61,6 @@ METHODS = ("multiquant", "any-precision", "lsq")
 # --------------------------------------------------------------------------- argument helpers
 
 
-def _at_least(name: str, value: float | None, low: float) -> None:
-    if value is not None and value < low:
-        raise BadInputError(f"--{name} must be >= {low}, got {value}")
-
-
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise BadInputError(f"--{name} must be > 0, got {value}")
-
-
 def _bits(text: str) -> tuple[int, ...]:
     try:
         bits = tuple(int(b) for b in text.split(",") if b.strip())
@@ -87,7 +77,7 @@ def _layout(args: argparse.Namespace) -> tuple[int, int]:
     digits_small = builtin and args.data == "digits"
     size = args.image_size or (8 if digits_small else 32)
     channels = args.channels or (1 if args.data == "digits" else 3)
-    _at_least("image-size", size, 4)
+    at_least("image-size", size, 4)
     if channels not in (1, 3):
         raise BadInputError(f"--channels must be 1 or 3, got {channels}")
     return size, channels
@@ -135,11 +125,11 @@ def _training(model: nn.Module, config: Any, args: argparse.Namespace, first: to
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("steps", "batch-size"):
-        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+        at_least(name, getattr(args, name.replace("-", "_")), 1)
     for name in ("warmup-steps", "checkpoint-every", "weight-decay"):
-        _at_least(name, getattr(args, name.replace("-", "_")), 0)
+        at_least(name, getattr(args, name.replace("-", "_")), 0)
     for name in ("lr", "bounds-lr"):
-        _positive(name, getattr(args, name.replace("-", "_")))
+        positive(name, getattr(args, name.replace("-", "_")))
     config = _method_config(args)
     device = resolve_device(args.device)
     out = Path(args.output)
@@ -222,7 +212,7 @@ def _export_human(result: dict[str, Any]) -> str:
 
 
 def cmd_bops(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("image-size", args.image_size, 4)
+    at_least("image-size", args.image_size, 4)
     if args.method == "bivit":
         return vit_ops(args.model, args.image_size)
     config = _multiquant_config(args)
@@ -260,7 +250,7 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Post-training quantization of a saved EDSR: calibrate, score FP and quantized, write the packed model."""
     target = check_output_file(args.output, (".safetensors",))
     for name in ("patches", "patch-size", "calib-batch"):
-        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+        at_least(name, getattr(args, name.replace("-", "_")), 1)
     config = DFSQConfig(bits=args.bits, w_bits=args.w_bits, activation=DFSQ_METHODS[args.method], seed=args.seed)
     for folder, what in ((args.calib_data, "--calib-data folder"), (args.eval_data, "--eval-data folder")):
         if folder is not None:
@@ -292,7 +282,7 @@ def _calibrate_human(r: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("repeats", args.repeats, 1)
+    at_least("repeats", args.repeats, 1)
     device = resolve_device(args.device)
     target = check_output_file(args.output, (".json",)) if args.output else None
     result = run_benchmarks(device, BenchSizes.quick() if args.quick else BenchSizes(), repeats=args.repeats)
@@ -327,7 +317,7 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise BadInputError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(TABLE_METHODS)}")
     MultiQuantConfig(bit_list=_bits(args.bits))  # the same bit-width rules as train
-    _at_least("image-size", args.image_size, 4)
+    at_least("image-size", args.image_size, 4)
     if args.data not in DATASETS:
         raise BadInputError(f"--data must be one of {', '.join(DATASETS)}, got {args.data!r}")
     settings = MultiBitTableSettings(
@@ -395,7 +385,7 @@ def cmd_bivit_table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("steps", args.steps, 1)
+    at_least("steps", args.steps, 1)
     out = Path(args.output)
     claim_output_dir(out, KIND_DEMO)
     clear_run(out)

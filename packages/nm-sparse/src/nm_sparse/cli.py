@@ -50,7 +50,17 @@ from nm_sparse.quickstart import run as run_demo
 from nm_sparse.reference import LAYOUTS, SCORERS
 from nm_sparse.sweep import accuracy_table
 from nm_sparse.zoo import load_model
-from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main, train_val_datasets
+from slimkit.cli import (
+    add_common,
+    at_least,
+    emit,
+    format_table,
+    make_parser,
+    positive,
+    resolve_device,
+    run_main,
+    train_val_datasets,
+)
 from slimkit.data import DATASETS
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, load_json, load_state_dict, save_json
@@ -67,17 +77,6 @@ KIND_DEMO = "nm-sparse demo"
 
 
 # --------------------------------------------------------------------------- validation helpers
-
-
-def _at_least(flag: str, value: int | float, low: int | float, alias: str = "") -> None:
-    if value < low:
-        also = f" ({alias})" if alias else ""
-        raise BadInputError(f"--{flag}{also} must be >= {low}, got {value}")
-
-
-def _positive(flag: str, value: float) -> None:
-    if not value > 0:
-        raise BadInputError(f"--{flag} must be > 0, got {value}")
 
 
 def _wait_for_everyone() -> None:
@@ -116,8 +115,8 @@ def _nm_config(args: argparse.Namespace) -> NMConfig:
     ``nm_sparse.sparsify`` converts it to the per-method config; saving the flat form keeps run
     folders readable by 0.1 as well.
     """
-    _at_least("bimask-candidates", args.bimask_candidates, 1)
-    _at_least("bimask-interval", args.bimask_interval, 1)
+    at_least("bimask-candidates", args.bimask_candidates, 1)
+    at_least("bimask-interval", args.bimask_interval, 1)
     if args.decay < 0:
         raise BadInputError(f"--decay must be >= 0, got {args.decay}")
     flat = NMConfig(
@@ -148,11 +147,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def _check_train_options(args: argparse.Namespace) -> None:
-    _at_least("steps", args.steps, 1, "max_steps")
-    _at_least("batch-size", args.batch_size, 1)
-    _positive("lr", args.lr)
-    _at_least("weight-decay", args.weight_decay, 0)
-    _at_least("warmup-steps", args.warmup_steps, 0)
+    at_least("steps", args.steps, 1, "max_steps")
+    at_least("batch-size", args.batch_size, 1)
+    positive("lr", args.lr)
+    at_least("weight-decay", args.weight_decay, 0)
+    at_least("warmup-steps", args.warmup_steps, 0)
 
 
 # --------------------------------------------------------------------------- train
@@ -212,12 +211,12 @@ def _check_train_output(out: Path) -> bool:
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     _check_train_options(args)
-    _at_least("checkpoint-every", args.checkpoint_every, 0)
-    _at_least("num-workers", args.num_workers, 0)
+    at_least("checkpoint-every", args.checkpoint_every, 0)
+    at_least("num-workers", args.num_workers, 0)
     if args.image_size is not None:
-        _at_least("image-size", args.image_size, 1)
+        at_least("image-size", args.image_size, 1)
     if args.num_classes is not None:
-        _at_least("num-classes", args.num_classes, 1)
+        at_least("num-classes", args.num_classes, 1)
     config = _nm_config(args)
     device = resolve_device(args.device)
     out = Path(args.output)
@@ -413,8 +412,8 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError:
         raise BadInputError(f"--seeds must be integers, got {args.seeds!r}") from None
     _check_train_options(args)
-    _at_least("bimask-interval", args.bimask_interval, 1)
-    _at_least("bimask-candidates", args.bimask_candidates, 1)
+    at_least("bimask-interval", args.bimask_interval, 1)
+    at_least("bimask-candidates", args.bimask_candidates, 1)
     device = resolve_device(args.device)
     if args.output:
         check_output_dir(args.output, KIND_TABLE)
@@ -440,7 +439,7 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("steps", args.steps, 1)
+    at_least("steps", args.steps, 1)
     resolve_device(args.device)
     output = claim_output_dir(args.output, KIND_DEMO)  # validated first, then the first write
     return run_demo(output, steps=args.steps, seed=args.seed)

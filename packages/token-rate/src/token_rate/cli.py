@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.cli import add_common, emit, format_table, make_parser, resolve_device, run_main
+from slimkit.cli import add_common, at_least, emit, format_table, make_parser, positive, resolve_device, run_main
 from slimkit.data import DATASETS, read_image, resolve_dataset, sample_images
 from slimkit.errors import BadInputError
 from slimkit.io import save_json
@@ -68,16 +68,6 @@ def _add_compression(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tome-r", type=int, default=None, help="ToMe tokens merged per block")
 
 
-def _at_least(name: str, value: float | int | None, low: float | int) -> None:
-    if value is not None and value < low:
-        raise BadInputError(f"--{name} must be >= {low}, got {value}")
-
-
-def _positive(name: str, value: float | int | None) -> None:
-    if value is not None and not value > 0:
-        raise BadInputError(f"--{name} must be > 0, got {value}")
-
-
 def _check_checkpoint(args: argparse.Namespace) -> None:
     """A missing, empty or wrong-kind ``--checkpoint`` is refused before anything else runs."""
     if args.checkpoint is None:
@@ -89,7 +79,7 @@ def _check_checkpoint(args: argparse.Namespace) -> None:
     else:
         check_input_file(path, "checkpoint")
     if args.num_classes is not None:
-        _at_least("num-classes", args.num_classes, 1)
+        at_least("num-classes", args.num_classes, 1)
 
 
 def _load(args: argparse.Namespace) -> nn.Module:
@@ -115,7 +105,7 @@ def _check_compression_args(args: argparse.Namespace) -> Schedule | None:
         raise BadInputError("give either --schedule or --tome-r, not both")
     if args.mode is not None and args.schedule is None:
         raise BadInputError("--mode applies to a DiffRate --schedule; give --schedule or drop --mode")
-    _at_least("tome-r", args.tome_r, 0)
+    at_least("tome-r", args.tome_r, 0)
     return _read_schedule(args.schedule) if args.schedule is not None else None
 
 
@@ -221,10 +211,10 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     if (args.target_gmacs is None) == (args.target_ratio is None):
         raise BadInputError("give exactly one of --target-gmacs and --target-ratio")
     for name in ("steps", "batch_size", "grad_accum", "granularity"):
-        _at_least(name.replace("_", "-"), getattr(args, name), 1)
-    _positive("lr", args.lr)
-    _at_least("checkpoint-every", args.checkpoint_every, 0)
-    _at_least("flops-weight", args.flops_weight, 0)
+        at_least(name.replace("_", "-"), getattr(args, name), 1)
+    positive("lr", args.lr)
+    at_least("checkpoint-every", args.checkpoint_every, 0)
+    at_least("flops-weight", args.flops_weight, 0)
     output = check_output_file(args.output, (".json",))
     work = args.work_dir or str(output.with_suffix("")) + "-run"
     check_output_dir(work, KIND_SEARCH)
@@ -280,7 +270,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("batch-size", args.batch_size, 1)
+    at_least("batch-size", args.batch_size, 1)
     device = resolve_device(args.device)
     schedule = _check_compression_args(args)
     model = _load(args)
@@ -295,9 +285,9 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("steps", args.steps, 1)
-    _at_least("batch-size", args.batch_size, 1)
-    _positive("lr", args.lr)
+    at_least("steps", args.steps, 1)
+    at_least("batch-size", args.batch_size, 1)
+    positive("lr", args.lr)
     device = resolve_device(args.device)
     output = claim_output_dir(args.output, KIND_TRAIN)
     return train_digits_vit(
@@ -307,10 +297,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    _at_least("threads", args.threads, 1)
-    _at_least("batch-size", args.batch_size, 1)
-    _at_least("warmup", args.warmup, 0)
-    _at_least("repeats", args.repeats, 1)
+    at_least("threads", args.threads, 1)
+    at_least("batch-size", args.batch_size, 1)
+    at_least("warmup", args.warmup, 0)
+    at_least("repeats", args.repeats, 1)
     if args.no_tome and args.tome_r is not None:
         raise BadInputError("--no-tome and --tome-r contradict each other; give one")
     if args.schedule is None and args.tome_r is None:
@@ -381,11 +371,11 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
         if not 0.0 < ratio < 1.0:
             raise BadInputError(f"--ratios must each be in (0, 1), got {ratio}")
     for name in ("train-steps", "search-steps", "batch-size", "search-batch-size"):
-        _at_least(name, getattr(args, name.replace("-", "_")), 1)
+        at_least(name, getattr(args, name.replace("-", "_")), 1)
     for name in ("train-lr", "search-lr", "flops-weight"):
-        _positive(name, getattr(args, name.replace("-", "_")))
+        positive(name, getattr(args, name.replace("-", "_")))
     if args.train_warmup_steps is not None:
-        _at_least("train-warmup-steps", args.train_warmup_steps, 0)
+        at_least("train-warmup-steps", args.train_warmup_steps, 0)
     resolve_device(args.device)
     if args.output:
         check_output_dir(args.output, KIND_TABLE)
