@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from arbitrary_quant.bivit import BinaryAttention, BinaryLinear, attention_grad_norms, binarize_vit, make_loss_fn
 from arbitrary_quant.config import BiViTConfig
+from arbitrary_quant.flags import settings_flags
 from slimkit.bench import env_header, mean_std
 from slimkit.data import DATASETS, num_classes, resolve_dataset
 from slimkit.distill import FrozenTeacher
@@ -283,14 +284,7 @@ class BiViTTableSettings:
 
     def command(self) -> str:
         """The CLI line that reproduces the table."""
-        return (
-            f"arbitrary-quant bivit-table --data {self.data} --seeds {','.join(map(str, self.seeds))} "
-            f"--image-size {self.image_size} --patch-size {self.patch_size} --depth {self.depth} "
-            f"--embed-dim {self.embed_dim} --num-heads {self.num_heads} --batch-size {self.batch_size} "
-            f"--teacher-steps {self.teacher_steps} --student-steps {self.student_steps} "
-            f"--teacher-lr {self.teacher_lr} --lr {self.lr} --kd-weight {self.kd_weight} "
-            f"--rank-weight {self.rank_weight} --top-k {self.top_k} --eval-split {self.eval_split}"
-        )
+        return f"arbitrary-quant bivit-table {settings_flags(self)}"
 
     def train_config(self, output_dir: Path, seed: int, teacher: bool) -> TrainConfig:
         steps = self.teacher_steps if teacher else self.student_steps

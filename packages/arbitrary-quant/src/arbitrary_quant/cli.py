@@ -7,7 +7,6 @@ a user error is one stderr line and exit code 2 (``slimkit.cli.run_main``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from arbitrary_quant.dfsq import dfsq
 from arbitrary_quant.dfsq_table import METHODS as DFSQ_METHODS
 from arbitrary_quant.dfsq_table import DFSQTableSettings, dfsq_table
 from arbitrary_quant.export import export
+from arbitrary_quant.flags import add_settings_flags, settings_from_args
 from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, set_bits
 from arbitrary_quant.quickstart import bits_report
 from arbitrary_quant.quickstart import run as run_demo
@@ -331,43 +331,9 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     return multibit_table(settings, seeds, methods, output=output, show_progress=not args.json)
 
 
-def _add_settings_flags(p: argparse.ArgumentParser, defaults: Any) -> None:
-    """One ``--flag`` per field of a table's settings dataclass (lists comma-separated), defaults from ``defaults``."""
-    for f in dataclasses.fields(defaults):
-        value = getattr(defaults, f.name)
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=text,
-                       help=f"default: {text if text is not None else 'none'}")  # fmt: skip
-
-
-def _settings_from_args(cls: Any, args: argparse.Namespace) -> Any:
-    """The settings dataclass from its flags: each value parsed like its default's type (a bad one is one line)."""
-    defaults = cls()
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        raw, default = getattr(args, f.name), getattr(defaults, f.name)
-        flag = f"--{f.name.replace('_', '-')}"
-        try:
-            if raw is None or raw == default:
-                values[f.name] = default
-            elif isinstance(default, tuple):
-                kind = type(default[0]) if default else str
-                values[f.name] = tuple(kind(v.strip()) for v in str(raw).split(",") if v.strip())
-            elif default is None:
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = type(default)(raw)
-        except ValueError:
-            raise BadInputError(f"{flag}: cannot read {raw!r}") from None
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise BadInputError(str(exc)) from None
-
-
 def _settings_table(args: argparse.Namespace, settings_cls: Any, run: Any, kind: str) -> dict[str, Any]:
     """A table whose flags are its settings dataclass: parse, check and claim the output, run."""
-    settings = _settings_from_args(settings_cls, args)
+    settings = settings_from_args(settings_cls, args)
     output = None
     if args.output:
         check_output_dir(args.output, kind)
@@ -476,12 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda a: _emit(cmd_calibrate(a), a, _calibrate_human))
 
     p = add_common(sub.add_parser("dfsq-table", help="DFSQ vs MinMax vs Percentile PTQ of a trained EDSR: PSNR per bit-width"))
-    _add_settings_flags(p, DFSQTableSettings())
+    add_settings_flags(p, DFSQTableSettings())
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_dfsq_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("bivit-table", help="Bi-ViT ablation: FP teacher, sign, + learnable scale, + ranking KD"))
-    _add_settings_flags(p, BiViTTableSettings())
+    add_settings_flags(p, BiViTTableSettings())
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_bivit_table(a), a, lambda r: r["markdown"]))
 

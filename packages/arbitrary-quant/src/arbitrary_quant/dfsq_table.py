@@ -36,7 +36,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from arbitrary_quant.config import MAX_BITS, DFSQConfig
 from arbitrary_quant.dfsq import dfsq, exhaustive_subset, kmeans_subset, quantization_sse, residual_block_convs
 from arbitrary_quant.edsr import EDSR, SCALES
+from arbitrary_quant.flags import settings_flags
 from arbitrary_quant.reference import dfsq_normalize, dfsq_universal_set
 from arbitrary_quant.sr import sr_eval_pairs, sr_patches
 from arbitrary_quant.sr_training import evaluate_psnr, train_edsr
@@ -125,14 +126,7 @@ class DFSQTableSettings:
 
     def command(self, output: str = "OUT") -> str:
         """The CLI line that reproduces this table: one ``--flag`` per field, lists comma-joined."""
-        parts = ["arbitrary-quant dfsq-table"]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
-            parts.append(f"--{f.name.replace('_', '-')} {text}")
-        return " ".join([*parts, f"-o {output}"])
+        return f"arbitrary-quant dfsq-table {settings_flags(self)} -o {output}"
 
     def python_command(self, output: str = "OUT") -> str:
         """The same run without the CLI, as one ``python -c`` line."""
