@@ -47,9 +47,13 @@ __all__ = [
     "BranchTile",
     "MultiBranchConv",
     "MultiQuantReport",
+    "Switchable",
     "SwitchableBN",
+    "body_modules",
     "bound_parameters",
     "current_bits",
+    "find_head",
+    "find_stem",
     "init_bounds",
     "multiquant",
     "set_bits",
@@ -60,7 +64,7 @@ __all__ = [
 _ACT_STD_FACTOR = 1.0 / math.sqrt(1.0 - 2.0 / math.pi)  # official init: u_A = 3 std(x) / sqrt(1 - 2/pi)
 
 
-class _Switchable(WrapperModule):
+class Switchable(WrapperModule):
     """A MultiQuant wrapper: knows the bit-width list, the current bit-width and its branches."""
 
     pairs_with_bn = False
@@ -82,7 +86,7 @@ class _Switchable(WrapperModule):
         self.bits = bits
 
 
-class BranchTile(_Switchable):
+class BranchTile(Switchable):
     """The stem's last module; its output is repeated once per active branch along the channels."""
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
@@ -90,7 +94,7 @@ class BranchTile(_Switchable):
         return out.repeat(1, len(self.branches), *([1] * (out.dim() - 2)))
 
 
-class BranchMerge(_Switchable):
+class BranchMerge(Switchable):
     """The classifier; its input ``[B, n * C]`` is averaged over the ``n`` active branch chunks first."""
 
     def forward(self, x: Tensor) -> Tensor:
@@ -102,7 +106,7 @@ class BranchMerge(_Switchable):
         return out
 
 
-class BranchShuffle(_Switchable):
+class BranchShuffle(Switchable):
     """A residual block with a downsample path; its output channels are shuffled across the active branches."""
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
@@ -114,7 +118,7 @@ class BranchShuffle(_Switchable):
         return out.reshape(b, n, c // n, *out.shape[2:]).transpose(1, 2).reshape(out.shape)
 
 
-class SwitchableBN(_Switchable):
+class SwitchableBN(Switchable):
     """One BatchNorm per bit-width, each over that bit-width's active channels (``n_k * C``), tiled from the original."""
 
     def __init__(self, base_layer: nn.BatchNorm2d, config: MultiQuantConfig) -> None:
@@ -140,7 +144,7 @@ class SwitchableBN(_Switchable):
         return out
 
 
-class MultiBranchConv(_Switchable):
+class MultiBranchConv(Switchable):
     """A body conv widened into ``G`` branches with 2-bit weights and ``k``-bit inputs (see the module docstring).
 
     ``w_bits`` / ``a_bits`` declare the precision to :func:`slimkit.opcount.count_ops`.
@@ -227,9 +231,9 @@ class MultiBranchConv(_Switchable):
 
 # --------------------------------------------------------------------------- model-level switches
 
-def _switchables(model: nn.Module) -> Iterator[_Switchable]:
+def _switchables(model: nn.Module) -> Iterator[Switchable]:
     for module in model.modules():
-        if isinstance(module, _Switchable):
+        if isinstance(module, Switchable):
             yield module
 
 
@@ -309,7 +313,7 @@ _NOT_BRANCHABLE = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm2d, nn.BatchNorm1d
 _STEMS = ("maxpool", "features.0", "stem")
 
 
-def _find_stem(model: nn.Module, name: str | None) -> str:
+def find_stem(model: nn.Module, name: str | None) -> str:
     modules = dict(model.named_modules())
     if name is not None:
         if name not in modules or name == "":
@@ -323,7 +327,7 @@ def _find_stem(model: nn.Module, name: str | None) -> str:
     )
 
 
-def _find_head(model: nn.Module, name: str | None) -> str:
+def find_head(model: nn.Module, name: str | None) -> str:
     modules = dict(model.named_modules())
     if name is not None:
         if not isinstance(modules.get(name), nn.Linear):
@@ -339,7 +343,7 @@ def _inside(name: str, outer: str) -> bool:
     return name == outer or name.startswith(outer + ".")
 
 
-def _body(model: nn.Module, stem: str, head: str) -> list[tuple[str, nn.Module]]:
+def body_modules(model: nn.Module, stem: str, head: str) -> list[tuple[str, nn.Module]]:
     """Modules registered after the stem module and before the head (registration order = forward order)."""
     names = [n for n, _ in model.named_modules()]
     start = max(i for i, n in enumerate(names) if _inside(n, stem)) + 1
@@ -370,10 +374,10 @@ def _is_downsample_basic_block(module: nn.Module) -> bool:
 @REGISTRY.register(MultiQuantConfig)
 def apply_multiquant(model: nn.Module, config: MultiQuantConfig) -> MultiQuantReport:
     """Convert ``model`` in place (see the module docstring); the handler behind :func:`multiquant`."""
-    if wrapped_modules(model, _Switchable):
+    if wrapped_modules(model, Switchable):
         raise BadInputError("the model is already converted by MultiQuant; call arbitrary_quant.dequantize first")
-    stem, head = _find_stem(model, config.stem), _find_head(model, config.head)
-    body = _body(model, stem, head)
+    stem, head = find_stem(model, config.stem), find_head(model, config.head)
+    body = body_modules(model, stem, head)
     report = MultiQuantReport(stem=stem, head=head, groups=config.groups, bit_list=list(config.bit_list))
     bad = [(n, type(m).__name__) for n, m in body if isinstance(m, _NOT_BRANCHABLE)]
     if bad:
@@ -423,12 +427,3 @@ def multiquant(model: nn.Module, config: MultiQuantConfig | None = None) -> nn.M
 def bound_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Every quantizer bound of the converted model (for the separate bounds optimizer)."""
     return [p for m in model.modules() if isinstance(m, MultiBranchConv) for p in m.bound_parameters()]
-
-
-
-# Public aliases for arbitrary_quant.baselines: Any-Precision's wrappers share MultiQuant's bit switch
-# (so set_bits / current_bits / AllBitsForward drive both) and its stem / body / head split.
-Switchable = _Switchable
-find_stem = _find_stem
-find_head = _find_head
-body_modules = _body
