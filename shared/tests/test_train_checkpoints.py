@@ -24,6 +24,7 @@ from slimkit.train import (
     recover_checkpoints,
     resolve_mixed_precision,
 )
+from slimkit.train import _switch_into_place as switch_into_place
 
 
 def _ckpt(path: Path, step: int | None, micro: int | None = None, payload: bytes = b"x") -> Path:
@@ -32,6 +33,27 @@ def _ckpt(path: Path, step: int | None, micro: int | None = None, payload: bytes
     if step is not None:
         (path / "trainer_state.json").write_text(json.dumps({"step": step, "micro": step if micro is None else micro}))
     return path
+
+
+# --- the switch of a finished checkpoint into place -------------------------------------------
+
+
+def test_switch_into_a_free_name_moves_nothing_aside(tmp_path: Path) -> None:
+    new = _ckpt(tmp_path / ".tmp-step_2-aaaaaaaaaaaa", 2, payload=b"new")
+    assert switch_into_place(new, tmp_path / "step_2", tmp_path / ".old-step_2-aaaaaaaaaaaa") is None
+    assert (tmp_path / "step_2" / "model.safetensors").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_2"]
+
+
+def test_switch_over_a_folder_already_there_moves_it_aside_first(tmp_path: Path) -> None:
+    """The rename is tried first, so a folder that appears after any check is still moved aside."""
+    _ckpt(tmp_path / "step_2", 2, payload=b"old")
+    new = _ckpt(tmp_path / ".tmp-step_2-aaaaaaaaaaaa", 2, payload=b"new")
+    old = switch_into_place(new, tmp_path / "step_2", tmp_path / ".old-step_2-aaaaaaaaaaaa")
+    assert old == tmp_path / ".old-step_2-aaaaaaaaaaaa"
+    assert (tmp_path / "step_2" / "model.safetensors").read_bytes() == b"new"
+    assert (old / "model.safetensors").read_bytes() == b"old"
+    assert not new.exists()
 
 
 # --- read_checkpoint_marker -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -35,6 +36,8 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -376,8 +379,6 @@ def train(
     collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``config.max_steps`` optimizer steps and return a summary."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
 
     out = Path(config.output_dir)
@@ -524,6 +525,25 @@ def clear_run(output_dir: str | Path) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def _switch_into_place(tmp: Path, target: Path, old: Path) -> Path | None:
+    """Rename ``tmp`` to ``target``; a ``target`` already there is first renamed to ``old``.
+
+    Tries the rename first and moves ``target`` aside only when the rename says it is in
+    the way, so there is no window between a check and the rename in which a folder could
+    appear. Returns ``old`` if something was moved aside.
+    """
+    try:
+        os.replace(tmp, target)
+        return None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    os.replace(target, old)
+    _checkpoint_phase("old_moved")
+    os.replace(tmp, target)
+    return old
+
+
 def _save(accelerator: Any, root: Path, name: str, step: int, micro: int) -> Path:
     """Write checkpoint ``root/name`` so that a kill at any moment leaves a complete one.
 
@@ -536,8 +556,6 @@ def _save(accelerator: Any, root: Path, name: str, step: int, micro: int) -> Pat
     target = root / name
     token = secrets.token_hex(6)
     if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
         token = broadcast_object_list([token])[0]
     tmp = root / f".tmp-{name}-{token}"
     accelerator.wait_for_everyone()
@@ -546,17 +564,11 @@ def _save(accelerator: Any, root: Path, name: str, step: int, micro: int) -> Pat
     accelerator.wait_for_everyone()
     _checkpoint_phase("state_saved")
     if accelerator.is_main_process:
-
         _fsync_tree(tmp)
         save_json(tmp / _STATE_FILE, {"step": step, "micro": micro})
         _fsync_dir(tmp)
         _checkpoint_phase("marker_written")
-        old = None
-        if target.exists():
-            old = root / f".old-{name}-{token}"
-            os.replace(target, old)
-            _checkpoint_phase("old_moved")
-        os.replace(tmp, target)
+        old = _switch_into_place(tmp, target, root / f".old-{name}-{token}")
         _fsync_dir(root)
         _checkpoint_phase("switched")
         if old is not None:
