@@ -89,7 +89,7 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["train", "--bits", "2,3", "-o", "{tmp}/r"], "[3] are not multiples of weight_bits=2"),
+        (["train", "--bits", "2,3", "--groups", "1", "-o", "{tmp}/r"], "reaches 3 bits but 1 branches of 2 bits"),
         (["train", "--bits", "two", "-o", "{tmp}/r"], "--bits must be comma-separated integers"),
         (["train", "--method", "lsq", "--bits", "2,4", "-o", "{tmp}/r"], "--method lsq trains one bit-width"),
         (["train", "--steps", "0", "-o", "{tmp}/r"], "--steps must be >= 1"),
@@ -111,7 +111,7 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["calibrate", "{tmp}", "--calib-data", "{tmp}/nope", "-o", "{tmp}/x.safetensors"], "--calib-data folder not found"),
         (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
-        (["table", "--bits", "3"], "not multiples of weight_bits=2"),
+        (["table", "--bits", "1"], "bit-widths 2..8, got 1"),
         (["table", "--data", "{tmp}"], "--data must be one of"),
     ],
 )

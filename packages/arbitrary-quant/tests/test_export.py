@@ -54,9 +54,9 @@ def _images(n: int, size: int, seed: int = 1) -> torch.Tensor:
 MQ_CONFIG = MultiQuantConfig()
 
 
-def _multiquant_model() -> nn.Module:
+def _multiquant_model(config: MultiQuantConfig = MQ_CONFIG) -> nn.Module:
     """A converted SmallResNet whose branches, bounds and BatchNorms all differ (as after training)."""
-    model = multiquant(_resnet(0), MQ_CONFIG)
+    model = multiquant(_resnet(0), config)
     init_bounds(model, _images(8, 16) * 2 - 1)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
@@ -103,15 +103,16 @@ def _raw(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- round trips
 
 
-def test_multiquant_round_trip_at_every_bit_width(tmp_path: Path) -> None:
-    model = _multiquant_model()
+@pytest.mark.parametrize("config", [MQ_CONFIG, MultiQuantConfig(bit_list=(2, 3, 4, 5, 6, 7, 8))], ids=["even", "2-8"])
+def test_multiquant_round_trip_at_every_bit_width(tmp_path: Path, config: MultiQuantConfig) -> None:
+    model = _multiquant_model(config)
     path = tmp_path / "mq.safetensors"
-    report = export(model, path, MQ_CONFIG)
+    report = export(model, path, config)
     assert isinstance(report, ExportReport) and report.method == "multiquant"
     loaded = load_exported(path, _resnet(seed=7))  # other random weights: everything must come from the file
     assert not loaded.training and current_bits(loaded) == 4
     x = _images(4, 16, seed=5) * 2 - 1
-    for bits in MQ_CONFIG.bit_list:
+    for bits in config.bit_list:
         set_bits(model, bits)
         set_bits(loaded, bits)
         assert _max_diff(model, loaded, x) <= 1e-4, bits

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import importlib
 import itertools
+import math
 
 import pytest
 import timm
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from arbitrary_quant.api import REGISTRY, dequantize
@@ -26,6 +28,7 @@ from arbitrary_quant.multiquant import (
     current_bits,
     init_bounds,
     multiquant,
+    narrow_channels,
     set_bits,
     set_quantization,
     storage_bits,
@@ -65,7 +68,7 @@ def _randomize_bn(model: nn.Module) -> None:
 def test_official_amortized_table_and_prefix():
     config = MultiQuantConfig()
     assert {b: config.branches(b) for b in (2, 4, 6, 8)} == {2: (0,), 4: (1, 2), 6: (1, 2, 3), 8: (0, 1, 2, 3)}
-    assert AMORTIZED_BRANCHES == {2: (0,), 4: (1, 2), 6: (1, 2, 3), 8: (0, 1, 2, 3)}
+    assert {b: AMORTIZED_BRANCHES[b] for b in (2, 4, 6, 8)} == {2: (0,), 4: (1, 2), 6: (1, 2, 3), 8: (0, 1, 2, 3)}
     # every branch serves 2 or 3 of the 4 bit-widths (a prefix would load branch 0 four times)
     load = [sum(i in config.branches(b) for b in config.bit_list) for i in range(4)]
     assert load == [2, 3, 3, 2]
@@ -78,7 +81,9 @@ def test_official_amortized_table_and_prefix():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"bit_list": (2, 3, 4)}, r"\[3\] are not multiples of weight_bits=2"),
+        ({"bit_list": (2, 4), "weight_bits": 4, "selection": "prefix"}, r"\[2\] are below weight_bits=4"),
+        ({"bit_list": (2, 3), "narrow_width": 0.0}, r"narrow_width must be in \(0, 1\]"),
+        ({"bit_list": (2, 3), "narrow_width": True}, "narrow_width must be"),
         ({"bit_list": (2, 4, 10)}, "bit-widths 2..8"),
         ({"groups": 2, "selection": "prefix"}, "reaches 8 bits but 2 branches of 2 bits give at most 4"),
         ({"groups": 2, "bit_list": (2, 4)}, "official table for groups=4"),
@@ -264,3 +269,145 @@ def test_every_bit_width_pair_of_tables_differs_only_by_design():
     config = MultiQuantConfig()
     sets = [set(config.branches(b)) for b in config.bit_list]
     assert all(a != b for a, b in itertools.combinations(sets, 2))
+
+
+# --------------------------------------------------------------------------- odd bit-widths: the narrow branch
+
+ODD = (2, 3, 4, 5, 6, 7, 8)
+
+
+def test_odd_bit_widths_take_the_official_narrow_branch_slot():
+    config = MultiQuantConfig(bit_list=ODD)
+    half = math.sqrt(0.5)
+    assert [config.branches(b) for b in ODD] == [(0,), (0,), (1, 2), (1, 2), (1, 2, 3), (0, 1, 2), (0, 1, 2, 3)]
+    assert [config.narrow(b) for b in ODD] == [None, (1, half), None, (3, half), None, (3, half), None]
+    prefix = MultiQuantConfig(bit_list=ODD, selection="prefix", narrow_width=0.5)
+    assert [prefix.narrow(b) for b in (3, 5, 7)] == [(1, 0.5), (2, 0.5), (3, 0.5)]
+    wide = MultiQuantConfig(bit_list=(4, 6, 7, 8), selection="prefix", weight_bits=4, groups=2)
+    assert wide.narrow(7) == (1, math.sqrt(3 / 4)) and wide.narrow(6) == (1, math.sqrt(2 / 4))
+    assert [narrow_channels(c, half) for c in (1, 3, 16, 64, 100)] == [1, 2, 11, 45, 71]
+
+
+def _odd_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = SmallResNet(num_classes=10, in_chans=3, widths=(16, 32, 64)).eval()
+    _randomize_bn(model)
+    return model
+
+
+def test_odd_bit_conv_is_full_branches_plus_the_leading_slice_of_one_more():
+    """Against an independent reference: grouped conv over the full branches, then the narrow conv."""
+    model = _odd_model()
+    multiquant(model, MultiQuantConfig(bit_list=ODD, shuffle=False))
+    conv = model.layers[1].conv1  # 16 -> 32 channels, stride 2
+    base = conv.base_layer
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        conv.branch_weight.copy_(torch.randn(conv.branch_weight.shape, generator=gen))
+    for bits, full, narrow in ((3, [0], 1), (5, [1, 2], 3), (7, [0, 1, 2], 3)):
+        set_bits(model, bits)
+        m_in, m_out = narrow_channels(16, math.sqrt(0.5)), narrow_channels(32, math.sqrt(0.5))
+        assert (m_in, m_out) == (11, 23)
+        x = torch.randn(2, len(full) * 16 + m_in, 8, 8, generator=gen)
+        set_quantization(model, False)
+        w = conv.branch_weight.detach()
+        parts = [F.conv2d(x[:, 16 * j : 16 * (j + 1)], w[b], None, base.stride, base.padding) for j, b in enumerate(full)]
+        parts.append(F.conv2d(x[:, 16 * len(full) :], w[narrow, :m_out, :m_in], None, base.stride, base.padding))
+        torch.testing.assert_close(conv(x), torch.cat(parts, 1), rtol=1e-5, atol=1e-5)
+        set_quantization(model, True)
+        out = conv(x)
+        row = conv.bit_list.index(bits)
+        assert bool(conv.act_ready[row, narrow]) and out.shape[1] == len(full) * 32 + m_out
+
+
+def test_odd_bit_gradients_reach_only_the_narrow_slice_of_the_extra_branch():
+    model = _odd_model().train()
+    multiquant(model, MultiQuantConfig(bit_list=ODD))
+    set_bits(model, 3)
+    model(torch.randn(4, 3, 16, 16)).logsumexp(-1).sum().backward()
+    conv = model.layers[2].conv2  # 64 -> 64
+    grad = conv.branch_weight.grad
+    m = narrow_channels(64, math.sqrt(0.5))
+    assert grad[0].abs().sum() > 0 and grad[2:].abs().sum() == 0  # branch 0 full, branches 2, 3 idle
+    assert grad[1, :m, :m].abs().sum() > 0
+    assert grad[1, m:].abs().sum() == 0 and grad[1, :, m:].abs().sum() == 0
+
+
+def test_odd_bit_tile_merge_shuffle_and_batchnorm_layouts():
+    model = _odd_model()
+    ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+    multiquant(model, MultiQuantConfig(bit_list=ODD))
+    set_bits(model, 5)  # 2 full branches + the narrow slice of branch 3
+    x = torch.randn(2, 3, 16, 16)
+    stem = model.stem.base_layer(x)
+    tiled = model.stem(x)
+    torch.testing.assert_close(tiled, torch.cat([stem, stem, stem[:, :11]], 1))
+    feats = torch.randn(2, 2 * 64 + 45)
+    merged = (feats[:, :64] + feats[:, 64:128] + F.pad(feats[:, 128:], (0, 64 - 45))) / 3
+    torch.testing.assert_close(model.fc(feats), model.fc.base_layer(merged))
+    bn = model.layers[0].bn1
+    assert [b.num_features for b in bn.bns] == [16, 16 + 11, 32, 32 + 11, 48, 48 + 11, 64]
+    torch.testing.assert_close(bn.bns[3].weight, torch.cat([ref["layers.0.bn1.weight"]] * 2 + [ref["layers.0.bn1.weight"][:11]]))
+    block = model.layers[1]  # a downsample block: the full branches are interleaved, the narrow chunk stays
+    block.base_layer = nn.Identity()
+    y = torch.arange(2 * 32 + 23, dtype=torch.float32).view(1, -1, 1, 1)
+    out = block(y).flatten().tolist()
+    assert out == [float(b * 32 + c) for c in range(32) for b in range(2)] + [float(64 + i) for i in range(23)]
+
+
+def test_odd_bops_match_k_squared_macs_up_to_the_narrow_rounding():
+    torch.manual_seed(0)
+    model = SmallResNet(num_classes=10, in_chans=3).eval()
+    x = torch.randn(1, 3, 16, 16)
+    original = {r.name: r.macs for r in count_ops(model, x).rows}
+    multiquant(model, MultiQuantConfig(bit_list=ODD))
+    body = {n: m.base_layer for n, m in model.named_modules() if isinstance(m, MultiBranchConv)}
+    half = math.sqrt(0.5)
+    for bits in (3, 5, 7):
+        set_bits(model, bits)
+        rows = {r.name: r for r in count_ops(model, x).rows}
+        total, target = 0, 0
+        for name, conv in body.items():
+            macs = original[name.replace(".base_layer", "")]
+            m_in, m_out = narrow_channels(conv.in_channels, half), narrow_channels(conv.out_channels, half)
+            narrow_macs = macs * m_in * m_out // (conv.in_channels * conv.out_channels)
+            assert rows[name].bops == 2 * bits * (bits // 2 * macs + narrow_macs), name
+            total, target = total + rows[name].bops, target + bits**2 * macs
+        assert abs(total / target - 1) < 0.03, (bits, total / target)
+    assert storage_bits(model)["bits_per_weight"] == 8  # the narrow branch shares a full branch's weights
+
+
+def test_odd_bits_reject_grouped_convs_that_are_not_depthwise():
+    class Grouped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3)
+            self.body = nn.Conv2d(8, 8, 3, groups=2)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.pool(self.body(self.stem(x))).flatten(1))
+
+    with pytest.raises(BadInputError, match=r"\[3\] need the narrow extra branch.*grouped: body"):
+        multiquant(Grouped(), MultiQuantConfig(bit_list=(2, 3), stem="stem", groups=2, selection="prefix"))
+    multiquant(Grouped(), MultiQuantConfig(bit_list=(2, 4), stem="stem", groups=2, selection="prefix"))
+
+
+def test_odd_bits_run_on_mobilenet_depthwise_convs_and_train():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25)
+    multiquant(model, MultiQuantConfig(bit_list=(2, 3, 4), selection="prefix", groups=2))
+    x = torch.randn(8, 3, 64, 64)  # not 1x1 at the end: train-mode BN over 2 values would pass no gradient
+    init_bounds(model, x)
+    for bits in (2, 3, 4):
+        set_bits(model, bits)
+        model(x).logsumexp(-1).sum().backward()
+    depthwise = next(m for m in model.modules() if isinstance(m, MultiBranchConv) and m.base_layer.groups > 1)
+    grad, m = depthwise.branch_weight.grad, narrow_channels(depthwise.base_layer.out_channels, math.sqrt(0.5))
+    assert grad is not None and grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0  # 4 bits ran both branches
+    model.zero_grad()
+    set_bits(model, 3)
+    model(x).logsumexp(-1).sum().backward()
+    grad = depthwise.branch_weight.grad
+    assert grad[1, :m].abs().sum() > 0 and grad[1, m:].abs().sum() == 0  # the depthwise narrow slice

@@ -363,7 +363,7 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="small_resnet", help=f"{', '.join(BUILTIN_MODELS)}, or a timm / torchvision name")
-    p.add_argument("--bits", default="2,4,6,8", help="comma-separated even bit-widths (default: 2,4,6,8)")
+    p.add_argument("--bits", default="2,4,6,8", help="comma-separated bit-widths 2..8; odd ones add the narrow branch (default: 2,4,6,8)")
     p.add_argument("--groups", type=int, default=4, help="branches G (default: 4)")
     p.add_argument("--selection", default="amortized", choices=("amortized", "prefix"))
     p.add_argument("--distill-weight", type=float, default=0.5)

@@ -24,7 +24,12 @@ MAX_BITS = 8
 SELECTIONS = ("amortized", "prefix")
 #: MultiQuant's official branch table for 4 branches of 2-bit weights (``select()`` of its code):
 #: every branch serves 2 or 3 of the bit-widths instead of branch 0 serving all four.
-AMORTIZED_BRANCHES: dict[int, tuple[int, ...]] = {2: (0,), 4: (1, 2), 6: (1, 2, 3), 8: (0, 1, 2, 3)}
+#: Odd bit-widths run the full branches of this table plus a narrow slice of one more branch.
+AMORTIZED_BRANCHES: dict[int, tuple[int, ...]] = {
+    2: (0,), 3: (0,), 4: (1, 2), 5: (1, 2), 6: (1, 2, 3), 7: (0, 1, 2), 8: (0, 1, 2, 3),
+}
+#: The branch whose leading channels form the narrow extra branch at odd bit-widths (official ``select()``).
+AMORTIZED_NARROW: dict[int, int] = {3: 1, 5: 3, 7: 3}
 
 
 def _bits_tuple(name: str, value: Any, low: int = 1) -> tuple[int, ...]:
@@ -55,11 +60,17 @@ class MultiQuantConfig:
     """MultiQuant: the body widened ``groups`` times as grouped convs, one 2-bit branch per group.
 
     - A ``k``-bit forward runs ``k // 2`` branches (``W2Ak`` each): BOPs(k) = k^2 x MACs of the
-      original layer, the cost of a W``k``A``k`` network. Odd ``k`` (the paper's narrower extra
-      branch) is not supported in this release: ``bit_list`` holds even bit-widths.
-    - ``selection="amortized"`` is the official branch table (2: {0}, 4: {1,2}, 6: {1,2,3},
-      8: {0,1,2,3}: the first branch is not shared by every bit-width); ``"prefix"`` uses the
-      first ``k // 2`` branches (any ``groups``).
+      original layer, the cost of a W``k``A``k`` network.
+    - An odd ``k`` adds the paper's narrower extra branch: the leading channels of one more
+      branch (its weights, still 2-bit, are shared with that branch, as in the official code),
+      ``round(narrow_width * C)`` of every ``C``-channel tensor. ``narrow_width=None`` picks
+      ``sqrt(r / weight_bits)`` for the remainder ``r = k mod weight_bits`` (``sqrt(1/2)`` for 2-bit
+      branches), which makes each layer's BOPs match ``k^2 x MACs`` up to rounding; the official
+      code hard-codes narrower per-stage widths tuned on ResNet-18/50 (ratios 0.6-0.8).
+    - ``selection="amortized"`` is the official branch table (2: {0}, 3: {0}+1, 4: {1,2},
+      5: {1,2}+3, 6: {1,2,3}, 7: {0,1,2}+3, 8: {0,1,2,3}, "+j" the narrow slice of branch j: the
+      first branch is not shared by every bit-width); ``"prefix"`` uses the first ``k // 2``
+      branches and the next one as the narrow branch (any ``groups``).
     - ``weight_bits`` is the branches' weight precision (2 in the paper).
     - ``distill_weight``: every non-largest bit-width learns from
       ``w * softCE(largest, detached) + (1 - w) * CE(labels)``; the paper's 0.5.
@@ -79,6 +90,7 @@ class MultiQuantConfig:
     bit_list: tuple[int, ...] = (2, 4, 6, 8)
     weight_bits: int = 2
     selection: str = "amortized"
+    narrow_width: float | None = None
     distill_weight: float = 0.5
     shuffle: bool = True
     stem: str | None = None
@@ -94,17 +106,20 @@ class MultiQuantConfig:
         if isinstance(self.weight_bits, bool) or self.weight_bits not in range(1, MAX_BITS + 1):
             raise BadInputError(f"weight_bits must be 1..{MAX_BITS}, got {self.weight_bits!r}")
         _one_of("selection", self.selection, SELECTIONS)
-        odd = [b for b in self.bit_list if b % self.weight_bits]
-        if odd:
-            raise BadInputError(
-                f"bit_list {list(self.bit_list)}: {odd} are not multiples of weight_bits={self.weight_bits} "
-                "(the narrow extra branch for odd bit-widths is not supported yet)"
-            )
         if self.bit_list[-1] > self.groups * self.weight_bits:
             raise BadInputError(
                 f"bit_list reaches {self.bit_list[-1]} bits but {self.groups} branches of "
                 f"{self.weight_bits} bits give at most {self.groups * self.weight_bits}"
             )
+        too_small = [b for b in self.bit_list if b < self.weight_bits]
+        if too_small:
+            raise BadInputError(f"bit_list {list(self.bit_list)}: {too_small} are below weight_bits={self.weight_bits}")
+        if self.narrow_width is not None and (
+            isinstance(self.narrow_width, bool)
+            or not isinstance(self.narrow_width, (int, float))
+            or not 0.0 < self.narrow_width <= 1.0
+        ):
+            raise BadInputError(f"narrow_width must be in (0, 1] or None, got {self.narrow_width!r}")
         if self.selection == "amortized" and (self.groups, self.weight_bits) != (4, 2):
             raise BadInputError("selection='amortized' is the official table for groups=4, weight_bits=2; use 'prefix'")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -120,6 +135,16 @@ class MultiQuantConfig:
         if self.selection == "amortized":
             return AMORTIZED_BRANCHES[bits]
         return tuple(range(bits // self.weight_bits))
+
+    def narrow(self, bits: int) -> tuple[int, float] | None:
+        """``(branch, width ratio)`` of the narrow extra branch at ``bits``; ``None`` for a multiple of ``weight_bits``."""
+        full = self.branches(bits)
+        rest = bits - self.weight_bits * len(full)
+        if rest == 0:
+            return None
+        branch = AMORTIZED_NARROW[bits] if self.selection == "amortized" else len(full)
+        ratio = self.narrow_width if self.narrow_width is not None else math.sqrt(rest / self.weight_bits)
+        return branch, float(ratio)
 
 
 @dataclass

@@ -20,6 +20,17 @@ the starting point (the official ResNet-50 path meant to do this is broken; this
 A ``k``-bit forward runs the ``k // 2`` branches of :meth:`MultiQuantConfig.branches` (the official
 amortized table by default): a grouped conv of ``k/2`` W2A``k`` slices costs ``(k/2) * 2 * k * M = k^2 M``
 BOPs, exactly a W``k``A``k`` layer's. Switch with :func:`set_bits`.
+
+Odd ``k`` adds the narrow extra branch (:meth:`MultiQuantConfig.narrow`): every ``C``-channel
+tensor of the body carries ``n * C + m(C)`` channels, the last ``m(C) = round(ratio * C)`` of them
+the narrow branch, whose conv uses the leading ``m(C_out) x m(C_in)`` weights of one more branch
+(shared storage, 2-bit, that branch's interval) at ``k``-bit inputs with bounds of their own. One
+rule for every tensor keeps residual sums aligned in any architecture. Where the official
+ResNets special-case the ends, this generic form differs deliberately: the narrow branch reads
+the first ``m`` channels of the stem output (official: all of them in the first block's convs)
+and ends at ``m`` channels, zero-padded to ``C`` before the average over ``n + 1`` branch chunks
+(official: its last conv widens it to ``C``); the channel shuffle permutes the full branches and
+leaves the narrow chunk in place (official: a reshape that depends on divisibility).
 """
 
 from __future__ import annotations
@@ -56,12 +67,18 @@ __all__ = [
     "find_stem",
     "init_bounds",
     "multiquant",
+    "narrow_channels",
     "set_bits",
     "set_quantization",
     "storage_bits",
 ]
 
 _ACT_STD_FACTOR = 1.0 / math.sqrt(1.0 - 2.0 / math.pi)  # official init: u_A = 3 std(x) / sqrt(1 - 2/pi)
+
+
+def narrow_channels(channels: int, ratio: float) -> int:
+    """Channels of the narrow extra branch for a ``channels``-wide tensor: ``round(ratio * C)``, at least 1."""
+    return max(1, min(channels, round(ratio * channels)))
 
 
 class Switchable(WrapperModule):
@@ -74,11 +91,29 @@ class Switchable(WrapperModule):
         self.groups = config.groups
         self.bit_list = tuple(config.bit_list)
         self.table = {b: config.branches(b) for b in self.bit_list}
+        self.narrow_table = {b: config.narrow(b) for b in self.bit_list}
         self.bits = self.bit_list[-1]
 
     @property
     def branches(self) -> tuple[int, ...]:
+        """The full branches the current bit-width runs."""
         return self.table[self.bits]
+
+    @property
+    def narrow_branch(self) -> int | None:
+        """The branch whose leading channels form the narrow extra branch (odd bit-widths), else ``None``."""
+        spec = self.narrow_table[self.bits]
+        return None if spec is None else spec[0]
+
+    def narrow_of(self, channels: int, bits: int | None = None) -> int:
+        """Channels of the narrow branch for a ``channels``-wide tensor (0 without one)."""
+        spec = self.narrow_table[self.bits if bits is None else bits]
+        return 0 if spec is None else narrow_channels(channels, spec[1])
+
+    def active_width(self, channels: int, bits: int | None = None) -> int:
+        """Channels a ``channels``-wide tensor of the original model has at ``bits`` (default: current)."""
+        b = self.bits if bits is None else bits
+        return len(self.table[b]) * channels + self.narrow_of(channels, b)
 
     def set_bits(self, bits: int) -> None:
         if bits not in self.table:
@@ -90,32 +125,49 @@ class BranchTile(Switchable):
     """The stem's last module; its output is repeated once per active branch along the channels."""
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
-        out = self.base_layer(*args, **kwargs)
-        return out.repeat(1, len(self.branches), *([1] * (out.dim() - 2)))
+        out: Tensor = self.base_layer(*args, **kwargs)
+        tiled = out.repeat(1, len(self.branches), *([1] * (out.dim() - 2)))
+        m = self.narrow_of(out.shape[1])
+        return torch.cat([tiled, out[:, :m]], dim=1) if m else tiled
 
 
 class BranchMerge(Switchable):
     """The classifier; its input ``[B, n * C]`` is averaged over the ``n`` active branch chunks first."""
 
     def forward(self, x: Tensor) -> Tensor:
-        n = len(self.branches)
-        if x.shape[-1] % n:
-            raise RuntimeError(f"classifier input has {x.shape[-1]} features, not a multiple of {n} branches")
-        merged = x.unflatten(-1, (n, x.shape[-1] // n)).mean(dim=-2)
-        out: Tensor = self.base_layer(merged)
+        head = self.base_layer
+        assert isinstance(head, nn.Linear)
+        c, n = head.in_features, len(self.branches)
+        if x.shape[-1] != self.active_width(c):
+            raise RuntimeError(f"classifier input has {x.shape[-1]} features, expected {self.active_width(c)} at {self.bits} bits")
+        chunks = x[..., : n * c].unflatten(-1, (n, c))
+        m = self.narrow_of(c)
+        if m:  # the narrow chunk, zero-padded to C, is one more chunk of the average
+            narrow = F.pad(x[..., n * c :], (0, c - m)).unsqueeze(-2)
+            chunks = torch.cat([chunks, narrow], dim=-2)
+        out: Tensor = head(chunks.mean(dim=-2))
         return out
 
 
 class BranchShuffle(Switchable):
     """A residual block with a downsample path; its output channels are shuffled across the active branches."""
 
+    def __init__(self, base_layer: nn.Module, config: MultiQuantConfig) -> None:
+        super().__init__(base_layer, config)
+        conv2 = base_layer.get_submodule("conv2")
+        conv = conv2.base_layer if isinstance(conv2, WrapperModule) else conv2
+        assert isinstance(conv, nn.Conv2d)
+        self.channels = conv.out_channels
+
     def forward(self, *args: object, **kwargs: object) -> Tensor:
         out: Tensor = self.base_layer(*args, **kwargs)
         n = len(self.branches)
         if n == 1:
             return out
-        b, c = out.shape[:2]
-        return out.reshape(b, n, c // n, *out.shape[2:]).transpose(1, 2).reshape(out.shape)
+        full = out[:, : n * self.channels]
+        b, c = full.shape[:2]
+        shuffled = full.reshape(b, n, c // n, *full.shape[2:]).transpose(1, 2).reshape(full.shape)
+        return torch.cat([shuffled, out[:, n * self.channels :]], dim=1)  # the narrow chunk stays in place
 
 
 class SwitchableBN(Switchable):
@@ -123,18 +175,20 @@ class SwitchableBN(Switchable):
 
     def __init__(self, base_layer: nn.BatchNorm2d, config: MultiQuantConfig) -> None:
         super().__init__(base_layer, config)
-        self.bns = nn.ModuleList(self._tiled(base_layer, len(self.table[b])) for b in self.bit_list)
+        c = base_layer.num_features
+        self.bns = nn.ModuleList(self._tiled(base_layer, len(self.table[b]), self.narrow_of(c, b)) for b in self.bit_list)
         self.train(base_layer.training)  # new BatchNorms start in the mode of the one they replace
 
     @staticmethod
-    def _tiled(bn: nn.BatchNorm2d, n: int) -> nn.BatchNorm2d:
-        out = nn.BatchNorm2d(n * bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    def _tiled(bn: nn.BatchNorm2d, n: int, m: int) -> nn.BatchNorm2d:
+        """``n`` copies of ``bn``'s channels, then its first ``m`` (the narrow branch)."""
+        out = nn.BatchNorm2d(n * bn.num_features + m, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         out.to(device=bn.weight.device if bn.affine else None)
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var"):
                 src, dst = getattr(bn, name), getattr(out, name)
                 if src is not None and dst is not None:
-                    dst.copy_(src.detach().repeat(n))
+                    dst.copy_(torch.cat([src.detach().repeat(n), src.detach()[:m]]))
             if bn.num_batches_tracked is not None and out.num_batches_tracked is not None:
                 out.num_batches_tracked.copy_(bn.num_batches_tracked)
         return out
@@ -188,12 +242,12 @@ class MultiBranchConv(Switchable):
         return [self.w_lower, self.w_upper, self.act_lower, self.act_upper]
 
     @torch.no_grad()
-    def _init_act(self, xv: Tensor, row: int, idx: Tensor) -> None:
-        """Official init of the input bounds of each active branch not yet initialised at this bit-width."""
-        for j, branch in enumerate(idx.tolist()):
+    def _init_act(self, row: int, parts: list[tuple[int, Tensor]]) -> None:
+        """Official init of the input bounds of each active ``(branch, input)`` not yet initialised at this bit-width."""
+        for branch, x in parts:
             if bool(self.act_ready[row, branch]):
                 continue
-            v = xv[:, j].detach().float()
+            v = x.detach().float()
             self.act_upper[row, branch] = 3 * v.std() * _ACT_STD_FACTOR
             self.act_lower[row, branch] = v.min()
             self.act_ready[row, branch] = True
@@ -205,28 +259,44 @@ class MultiBranchConv(Switchable):
             return w
         return interval_quantize(w, self.w_lower[idx], self.w_upper[idx], self.weight_bits, "weight")
 
+    def _quantize_input(self, x: Tensor, branches: list[int]) -> Tensor:
+        """``x`` holds one input slice per branch along dim 1 (``[B, len(branches), C, H, W]``)."""
+        row = self.bit_list.index(self.bits)
+        self._init_act(row, [(b, x[:, j]) for j, b in enumerate(branches)])
+        shape = (1, len(branches), *([1] * (x.dim() - 2)))
+        lo = self.act_lower[row, branches].view(shape)
+        up = self.act_upper[row, branches].view(shape)
+        return interval_quantize(x, lo, up, self.bits, "activation")
+
     def forward(self, x: Tensor) -> Tensor:
         conv = self.base_layer
         assert isinstance(conv, nn.Conv2d)
-        branches = self.branches
-        n = len(branches)
-        idx = torch.tensor(branches, device=self.branch_weight.device)
-        if x.shape[1] != n * conv.in_channels:
-            raise RuntimeError(
-                f"MultiBranchConv expected {n} x {conv.in_channels} input channels at {self.bits} bits, got {x.shape[1]}"
-            )
-        if self.quantize:
-            row = self.bit_list.index(self.bits)
-            xv = x.unflatten(1, (n, conv.in_channels))
-            self._init_act(xv, row, idx)
-            lo = self.act_lower[row, idx].view(1, n, 1, 1, 1)
-            up = self.act_upper[row, idx].view(1, n, 1, 1, 1)
-            x = interval_quantize(xv, lo, up, self.bits, "activation").flatten(1, 2)
-        w = self.quantized_weight(idx).flatten(0, 1)
-        bias = self.branch_bias[idx].flatten() if self.branch_bias is not None else None
         if conv.padding_mode != "zeros":
             raise RuntimeError(f"padding_mode={conv.padding_mode!r} is not supported")
-        return F.conv2d(x, w, bias, conv.stride, conv.padding, conv.dilation, n * conv.groups)
+        branches, narrow = list(self.branches), self.narrow_branch
+        n, cin = len(branches), conv.in_channels
+        if x.shape[1] != self.active_width(cin):
+            raise RuntimeError(
+                f"MultiBranchConv expected {self.active_width(cin)} input channels at {self.bits} bits, got {x.shape[1]}"
+            )
+        idx = torch.tensor(branches + ([] if narrow is None else [narrow]), device=self.branch_weight.device)
+        weights = self.quantized_weight(idx)
+        xf = x[:, : n * cin]
+        if self.quantize:
+            xf = self._quantize_input(xf.unflatten(1, (n, cin)), branches).flatten(1, 2)
+        bias = self.branch_bias[idx[:n]].flatten() if self.branch_bias is not None else None
+        out = F.conv2d(xf, weights[:n].flatten(0, 1), bias, conv.stride, conv.padding, conv.dilation, n * conv.groups)
+        if narrow is None:
+            return out
+        m_in, m_out = self.narrow_of(cin), self.narrow_of(conv.out_channels)
+        xn = x[:, n * cin :]
+        if self.quantize:
+            xn = self._quantize_input(xn.unsqueeze(1), [narrow]).squeeze(1)
+        depthwise = conv.groups > 1  # only depthwise grouped convs take a narrow branch (checked at conversion)
+        wn = weights[n, :m_out] if depthwise else weights[n, :m_out, :m_in]
+        bn = self.branch_bias[narrow, :m_out] if self.branch_bias is not None else None
+        narrow_out = F.conv2d(xn, wn, bn, conv.stride, conv.padding, conv.dilation, m_in if depthwise else 1)
+        return torch.cat([out, narrow_out], dim=1)
 
 
 # --------------------------------------------------------------------------- model-level switches
@@ -384,6 +454,13 @@ def apply_multiquant(model: nn.Module, config: MultiQuantConfig) -> MultiQuantRe
         listed = ", ".join(f"{n} ({t})" for n, t in bad[:3])
         raise BadInputError(f"the body between {stem!r} and {head!r} holds layers MultiQuant cannot branch: {listed}")
     convs = [(n, m) for n, m in body if isinstance(m, nn.Conv2d)]
+    odd = [b for b in config.bit_list if config.narrow(b) is not None]
+    grouped = [n for n, m in convs if m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)]
+    if odd and grouped:
+        raise BadInputError(
+            f"bit-widths {odd} need the narrow extra branch, which takes plain and depthwise convs only; "
+            f"grouped: {', '.join(grouped[:3])}"
+        )
     for name, _ in convs:
         if not _selected(name, config):
             report.skipped.append((name, "excluded by include/exclude"))

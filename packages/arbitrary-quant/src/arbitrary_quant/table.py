@@ -50,7 +50,7 @@ class MultiBitTableSettings:
 
     data: str = "digits"
     image_size: int = 16
-    bits: tuple[int, ...] = (2, 4, 6, 8)
+    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     steps: int = 300
     batch_size: int = 64
     lr: float = 5e-3
