@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -33,3 +36,16 @@ def test_models_by_name_and_spec() -> None:
     assert built(torch.randn(1, 3, 16, 16)).shape == (1, 5)
     with pytest.raises(BadInputError, match="unknown model 'no_such_net'"):
         load_model("no_such_net")
+
+
+def test_spec_keeps_the_builder_keywords_through_json() -> None:
+    """A small timm ViT needs img_size / depth / ... to be rebuilt; the spec carries them."""
+    spec = ModelSpec("vit_tiny_patch16_224", 4, 1, 16, kwargs={"img_size": 16, "patch_size": 4, "depth": 2,
+                                                                 "embed_dim": 32, "num_heads": 2})  # fmt: skip
+    again = ModelSpec(**json.loads(json.dumps(dataclasses.asdict(spec))))
+    assert again == spec
+    vit = again.build()
+    assert len(vit.blocks) == 2 and vit.pos_embed.shape == (1, 17, 32)
+    assert vit(torch.randn(2, 1, 16, 16)).shape == (2, 4)
+    with pytest.raises(TypeError, match="kwargs must be a dict"):
+        ModelSpec(kwargs=[1])  # type: ignore[arg-type]

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from arbitrary_quant.bivit import BinaryLinear
 from arbitrary_quant.checkpoints import load_quant_model
 from arbitrary_quant.cli import build_parser, main
-from arbitrary_quant.config import LSQConfig, MultiQuantConfig
+from arbitrary_quant.config import BiViTConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.edsr import EDSR
 from arbitrary_quant.export import load_exported
 from arbitrary_quant.multiquant import set_bits
@@ -91,6 +92,10 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
     [
         (["train", "--bits", "2,3", "--groups", "1", "-o", "{tmp}/r"], "reaches 3 bits but 1 branches of 2 bits"),
         (["train", "--bits", "two", "-o", "{tmp}/r"], "--bits must be comma-separated integers"),
+        (["train", "--method", "bivit", "--model", "small_resnet", "-o", "{tmp}/r"], "binarizes a timm ViT; 'small_resnet' is a CNN"),
+        (["train", "--method", "bivit", "--image-size", "30", "-o", "{tmp}/r"], "not a multiple of the small ViT's 4x4"),
+        (["train", "--method", "bivit", "--teacher", "{tmp}/none", "-o", "{tmp}/r"], "file not found"),
+        (["train", "--method", "bivit", "--teacher-steps", "0", "-o", "{tmp}/r"], "--teacher-steps must be >= 1"),
         (["train", "--method", "lsq", "--bits", "2,4", "-o", "{tmp}/r"], "--method lsq trains one bit-width"),
         (["train", "--steps", "0", "-o", "{tmp}/r"], "--steps must be >= 1"),
         (["train", "--lr", "0", "-o", "{tmp}/r"], "--lr must be > 0"),
@@ -172,3 +177,31 @@ def test_bench_quick_writes_its_json(tmp_path: Path, capsys) -> None:
                                     "dfsq_quantize") for _ in range(2)]
     assert all(r["median_s"] > 0 for r in res["rows"]) and res["env"]["torch_threads"] >= 1
     assert json.loads((tmp_path / "b.json").read_text())["rows"] == res["rows"]
+
+
+BIVIT_TINY = ("--steps", "4", "--teacher-steps", "6", "--batch-size", "8", "--image-size", "16", "--no-progress")
+
+
+def test_train_bivit_trains_a_teacher_then_its_binary_copy(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bv"
+    result = _json(capsys, "train", "--method", "bivit", *BIVIT_TINY, "-o", str(out))
+    assert result["steps"] == 4 and len(result["rows"]) == 1
+    row = result["rows"][0]
+    assert row["bits"] == 1 and row["body_bops"] == row["body_macs"] > 0  # every block product is 1 x 1 bit
+    teacher_run = json.loads((out / "teacher" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert teacher_run["step"] == 6 and (out / "teacher" / "model.safetensors").is_file()
+    model, spec, config, extra = load_quant_model(out / "model")
+    assert isinstance(config, BiViTConfig) and config.ranking_loss == "pairwise" and config.attention == "learnable"
+    assert (spec.image_size, spec.kwargs["img_size"], spec.kwargs["depth"]) == (16, 16, 4)
+    assert sum(isinstance(m, BinaryLinear) for m in model.modules()) == 4 * 4  # qkv, proj, fc1, fc2 per block
+    assert extra["teacher_top1"] == result["teacher_top1"] and extra["val_top1"] == {"1": row["top1"]}
+    evaluated = _json(capsys, "eval", str(out / "model"))
+    assert evaluated["rows"] == result["rows"]
+    packed = _json(capsys, "export", str(out / "model"), "-o", str(tmp_path / "bv.safetensors"))
+    assert 1.0 < packed["bits_per_weight"] <= 1.5  # sign bits + one fp32 scale per row of 64 or 128 weights
+    # the trained teacher, given back with --teacher: no teacher is trained, the same one is used
+    again = _json(capsys, "train", "--method", "bivit", *BIVIT_TINY, "--distill", "none", "--attention", "sign",
+                  "--teacher", str(out / "teacher"), "-o", str(tmp_path / "bv2"))  # fmt: skip
+    assert again["teacher_top1"] == result["teacher_top1"] and not (tmp_path / "bv2" / "teacher").exists()
+    _, _, plain, _ = load_quant_model(tmp_path / "bv2" / "model")
+    assert (plain.attention, plain.ranking_loss, plain.kd_weight) == ("sign", None, 0.0)

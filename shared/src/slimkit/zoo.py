@@ -9,7 +9,7 @@ of 16 so N:M patterns up to 1:16 fit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -100,12 +100,18 @@ def load_model(name: str, num_classes: int = 10, in_chans: int = 1, **kwargs: An
 
 @dataclass
 class ModelSpec:
-    """Enough to rebuild an architecture for a checkpoint: name, classes, input channels and image size."""
+    """Enough to rebuild an architecture for a checkpoint: name, classes, input channels, image size
+    and the keyword arguments its builder took (a small timm ViT's ``img_size``, ``depth``, ...)."""
 
     name: str = "small_resnet"
     num_classes: int = 10
     in_chans: int = 1
     image_size: int = 8
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kwargs, dict):
+            raise TypeError(f"ModelSpec.kwargs must be a dict, got {type(self.kwargs).__name__}")
 
     def build(self) -> nn.Module:
-        return load_model(self.name, num_classes=self.num_classes, in_chans=self.in_chans)
+        return load_model(self.name, num_classes=self.num_classes, in_chans=self.in_chans, **self.kwargs)

@@ -73,6 +73,7 @@ from arbitrary_quant.config import BiViTConfig
 from arbitrary_quant.registry import REGISTRY
 from slimkit.distill import kd_kl_loss
 from slimkit.errors import BadInputError
+from slimkit.opcount import FP_BITS
 from slimkit.quant import sign_binarize
 from slimkit.report import ReportMixin
 from slimkit.ste import round_ste, sign_ste
@@ -89,6 +90,7 @@ __all__ = [
     "attention_grad_norms",
     "binarize_vit",
     "bivit_loss",
+    "layer_bits",
     "listnet_ranking_loss",
     "make_loss_fn",
     "pairwise_ranking_loss",
@@ -559,3 +561,21 @@ def attention_grad_norms(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, di
             "k": 0.0 if gk is None else float(gk.norm(dim=-1).mean()),
         }
     return result
+
+
+def layer_bits(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``(w_bits, a_bits)`` of every module of a binarized ViT that runs products: 1/1 for
+    :class:`BinaryLinear` and binarized :class:`BinaryAttention`, 32/32 for the plain layers.
+
+    Needed because the Bi-ViT wrappers do not declare ``w_bits``/``a_bits`` themselves; the plain
+    layers are listed too so an FP layer inside a binary attention is not counted at its parent's bits.
+    """
+    bits: dict[str, tuple[int, int]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BinaryLinear):
+            bits[name] = (1, 1)
+        elif isinstance(module, BinaryAttention):
+            bits[name] = (1, 1) if module.mode != "fp" else (FP_BITS, FP_BITS)
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            bits[name] = (FP_BITS, FP_BITS)
+    return bits

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from arbitrary_quant.bivit import BinaryAttention, BinaryLinear, attention_grad_norms, binarize_vit, make_loss_fn
+from arbitrary_quant.bivit import attention_grad_norms, binarize_vit, layer_bits, make_loss_fn
 from arbitrary_quant.config import BiViTConfig
 from arbitrary_quant.flags import settings_flags
 from slimkit.bench import env_header, mean_std
@@ -47,7 +47,7 @@ from slimkit.distill import FrozenTeacher
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
 from slimkit.io import load_into, save_table
-from slimkit.opcount import FP_BITS, count_ops
+from slimkit.opcount import count_ops
 from slimkit.plot import save_png
 from slimkit.progress import progress
 from slimkit.train import TrainConfig, TrainResult, train
@@ -166,6 +166,7 @@ def train_binary(
     config: BiViTConfig,
     train_config: TrainConfig,
     callbacks: Sequence[Any] = (),
+    init_inputs: Tensor | None = None,
 ) -> TrainResult:
     """Copy the teacher's weights into ``student``, Bi-ViT-binarize it with ``config`` and train it
     with :func:`arbitrary_quant.bivit.make_loss_fn` (``CE + KD + ranking`` as ``config`` says).
@@ -175,6 +176,10 @@ def train_binary(
     binarized and trained in place. The teacher is frozen while training (eval mode, no gradient,
     wrapped in :class:`slimkit.distill.FrozenTeacher`) and left as it was found, except that a GPU
     run moves it to the GPU. ``callbacks`` go to :func:`slimkit.train.train`.
+
+    ``init_inputs``: one batch every process shares; the binarizers' scales are initialised from
+    it before training (else each starts from its process's own first batch, which differ under
+    ``accelerate launch``).
     """
     if not isinstance(config, BiViTConfig):
         raise BadInputError(f"train_binary needs a BiViTConfig, got {type(config).__name__}")
@@ -182,6 +187,11 @@ def train_binary(
     _require_fp(teacher, "teacher")
     load_into(student, teacher.state_dict())  # strict: a different architecture is a clear BadInputError
     binarize_vit(student, config)
+    if init_inputs is not None:
+        mode = student.training
+        with torch.no_grad():
+            student.eval()(init_inputs)
+        student.train(mode)
     was_training = teacher.training
     grads = [p.requires_grad for p in teacher.parameters()]
     try:
@@ -442,24 +452,6 @@ def gradient_figure(model_fp: nn.Module, x: Tensor, y: Tensor, path: str | Path)
 # --------------------------------------------------------------------------- OPs
 
 
-def _bivit_layer_bits(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """``(w_bits, a_bits)`` of every module of a binarized ViT that runs products: 1/1 for
-    :class:`BinaryLinear` and binarized :class:`BinaryAttention`, 32/32 for the plain layers.
-
-    Needed because the Bi-ViT wrappers do not declare ``w_bits``/``a_bits`` themselves; the plain
-    layers are listed too so an FP layer inside a binary attention is not counted at its parent's bits.
-    """
-    bits: dict[str, tuple[int, int]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, BinaryLinear):
-            bits[name] = (1, 1)
-        elif isinstance(module, BinaryAttention):
-            bits[name] = (1, 1) if module.mode != "fp" else (FP_BITS, FP_BITS)
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            bits[name] = (FP_BITS, FP_BITS)
-    return bits
-
-
 def vit_ops(
     model_name: str = "deit_tiny_patch16_224", img_size: int = 224, model: nn.Module | None = None
 ) -> dict[str, Any]:
@@ -478,7 +470,7 @@ def vit_ops(
     x = torch.randn(1, _in_chans(fp), img_size, img_size, generator=torch.Generator().manual_seed(0))
     fp_count = count_ops(fp, x)
     binary = binarize_vit(copy.deepcopy(fp), BiViTConfig()).eval()
-    bin_count = count_ops(binary, x, layer_bits=_bivit_layer_bits(binary))
+    bin_count = count_ops(binary, x, layer_bits=layer_bits(binary))
     fp_rows = {r.name: r.fp_flops for r in bin_count.rows if r.is_fp}
     binary_macs = sum(r.macs for r in bin_count.rows if not r.is_fp)
     embed = sum(v for k, v in fp_rows.items() if k.startswith("patch_embed"))

@@ -21,9 +21,10 @@ from arbitrary_quant import __version__
 from arbitrary_quant.api import quantize_
 from arbitrary_quant.baselines import init_lsq, recursive_loss
 from arbitrary_quant.bench import BenchSizes, run_benchmarks
-from arbitrary_quant.bivit_training import BiViTTableSettings, bivit_table, vit_ops
-from arbitrary_quant.checkpoints import load_quant_model, save_quant_model
-from arbitrary_quant.config import AnyPrecisionConfig, DFSQConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.bivit import layer_bits
+from arbitrary_quant.bivit_training import BiViTTableSettings, bivit_table, train_binary, train_teacher, vit_ops
+from arbitrary_quant.checkpoints import load_quant_model, model_files, save_quant_model
+from arbitrary_quant.config import AnyPrecisionConfig, BiViTConfig, DFSQConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.dfsq import dfsq
 from arbitrary_quant.dfsq_table import METHODS as DFSQ_METHODS
 from arbitrary_quant.dfsq_table import DFSQTableSettings, dfsq_table
@@ -40,7 +41,9 @@ from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_o
 from slimkit.cli import add_common, at_least, emit, make_parser, positive, resolve_device, run_main, train_val_datasets
 from slimkit.data import DATASETS, first_inputs, image_folder, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
-from slimkit.io import config_to_dict, save_json
+from slimkit.evaluate import top1
+from slimkit.io import config_to_dict, load_into, save_json, save_model
+from slimkit.models import read_checkpoint
 from slimkit.opcount import count_ops
 from slimkit.paths import check_input_dir, check_output_dir, check_output_file, claim_output_dir
 from slimkit.train import TrainConfig, clear_run, train
@@ -55,7 +58,11 @@ KIND_TABLE = "arbitrary-quant table"
 KIND_DFSQ_TABLE = "arbitrary-quant dfsq-table"
 KIND_BIVIT_TABLE = "arbitrary-quant bivit-table"
 RUN_FILE = "run.json"
-METHODS = ("multiquant", "any-precision", "lsq")
+METHODS = ("multiquant", "any-precision", "lsq", "bivit")
+#: ``train --method bivit`` without ``--model``: the small timm ViT of ``bivit-table`` (4x4 patches).
+SMALL_VIT = "vit_tiny_patch16_224"
+SMALL_VIT_KWARGS = {"patch_size": 4, "depth": 4, "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2.0}
+DISTILL = ("ranking", "logits", "none")
 
 
 # --------------------------------------------------------------------------- argument helpers
@@ -73,7 +80,7 @@ def _bits(text: str) -> tuple[int, ...]:
 
 def _layout(args: argparse.Namespace) -> tuple[int, int]:
     """(image size, channels): digits is 8x8 grey for the built-in ResNets, everything else 32x32 RGB."""
-    builtin = args.model in BUILTIN_MODELS
+    builtin = args.model in BUILTIN_MODELS and getattr(args, "method", None) != "bivit"
     digits_small = builtin and args.data == "digits"
     size = args.image_size or (8 if digits_small else 32)
     channels = args.channels or (1 if args.data == "digits" else 3)
@@ -105,8 +112,8 @@ def _method_config(args: argparse.Namespace) -> MultiQuantConfig | AnyPrecisionC
 
 
 def _bit_list(config: Any) -> tuple[int, ...] | None:
-    """The switchable bit-widths of a config, ``None`` for a fixed-bit one (LSQ)."""
-    return None if isinstance(config, LSQConfig) else tuple(config.bit_list)
+    """The switchable bit-widths of a config, ``None`` for a fixed-bit one (LSQ, Bi-ViT)."""
+    return None if isinstance(config, (LSQConfig, BiViTConfig)) else tuple(config.bit_list)
 
 
 def _training(model: nn.Module, config: Any, args: argparse.Namespace, first: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
@@ -124,6 +131,9 @@ def _training(model: nn.Module, config: Any, args: argparse.Namespace, first: to
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    if args.method == "bivit":
+        return cmd_train_bivit(args)
+    args.model = args.model or "small_resnet"
     for name in ("steps", "batch-size"):
         at_least(name, getattr(args, name.replace("-", "_")), 1)
     for name in ("warmup-steps", "checkpoint-every", "weight-decay"):
@@ -165,11 +175,106 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _bivit_spec(args: argparse.Namespace, classes: int, size: int, channels: int) -> ModelSpec:
+    """The ViT to binarize: ``--model`` (a timm ViT at ``--image-size``) or the small ViT of bivit-table."""
+    if args.model is None:
+        if size % SMALL_VIT_KWARGS["patch_size"]:
+            raise BadInputError(f"--image-size {size} is not a multiple of the small ViT's 4x4 patches")
+        return ModelSpec(SMALL_VIT, classes, channels, size, kwargs={"img_size": size, **SMALL_VIT_KWARGS})
+    if args.model in BUILTIN_MODELS:
+        raise BadInputError(f"--method bivit binarizes a timm ViT; {args.model!r} is a CNN")
+    return ModelSpec(args.model, classes, channels, size, kwargs={"img_size": size})
+
+
+def _bivit_config(args: argparse.Namespace) -> BiViTConfig:
+    if args.distill == "ranking":
+        return BiViTConfig(attention=args.attention, seed=args.seed)
+    kd = 0.0 if args.distill == "none" else BiViTConfig().kd_weight
+    return BiViTConfig(attention=args.attention, ranking_loss=None, kd_weight=kd, seed=args.seed)
+
+
+def _bivit_teacher(
+    args: argparse.Namespace, teacher: nn.Module, spec: ModelSpec, train_set: Any, common: dict[str, Any]
+) -> None:
+    """Fill ``teacher``: ``--teacher`` weights, the teacher of the run being resumed, or train it now."""
+    if args.teacher is not None:
+        given = Path(args.teacher)
+        load_into(teacher, read_checkpoint(model_files(given, "--teacher")[0] if given.is_dir() else given))
+        return
+    out = Path(args.output)
+    saved = out / "teacher" / "model.safetensors"
+    if args.resume is not None and saved.is_file():  # resuming the student: the teacher is done
+        load_into(teacher, read_checkpoint(saved))
+        return
+    steps = args.teacher_steps
+    config = TrainConfig(output_dir=str(out / "teacher"), max_steps=steps, lr=args.lr, weight_decay=0.05,
+                         warmup_steps=max(1, steps // 20), log_every=max(1, steps // 20), **common)  # fmt: skip
+    state = PartialState()
+    if state.is_main_process:
+        clear_run(out / "teacher")
+    state.wait_for_everyone()
+    train_teacher(teacher, train_set, config)
+    if state.is_main_process:
+        save_model(out / "teacher", teacher, None, {"role": "Bi-ViT FP teacher", "model": asdict(spec)})
+
+
+def cmd_train_bivit(args: argparse.Namespace) -> dict[str, Any]:
+    """Bi-ViT: an FP teacher (``--teacher`` weights, or trained here first), then its binarized copy
+    trained with the ranking-aware distillation (or without it, ``--distill``)."""
+    for name in ("steps", "batch-size", "teacher-steps"):
+        at_least(name, getattr(args, name.replace("-", "_")), 1)
+    for name in ("warmup-steps", "checkpoint-every", "weight-decay"):
+        at_least(name, getattr(args, name.replace("-", "_")), 0)
+    positive("lr", args.lr)
+    config = _bivit_config(args)
+    device = resolve_device(args.device)
+    out = Path(args.output)
+    check_output_dir(out, KIND_TRAIN)
+    size, channels = _layout(args)
+    train_set, val_set = train_val_datasets(args.data, args.val_data, size, channels, args.seed, require_val=True)
+    spec = _bivit_spec(args, num_classes(train_set), size, channels)
+    torch.manual_seed(args.seed)
+    teacher, student = spec.build(), spec.build()
+    if args.teacher is not None:
+        _bivit_teacher(args, teacher, spec, train_set, {})  # a bad --teacher fails before anything is written
+    state = PartialState()
+    state.wait_for_everyone()  # every process validated the arguments before the first write
+    if state.is_main_process:
+        claim_output_dir(out, KIND_TRAIN)
+        save_json(out / RUN_FILE, {"model": asdict(spec), "config": config_to_dict(config), "data": args.data,
+                                   "teacher": args.teacher})  # fmt: skip
+    common = {"batch_size": args.batch_size, "seed": args.seed, "cpu": device.type == "cpu",
+              "progress": not (args.no_progress or args.json)}  # fmt: skip
+    if args.teacher is None:
+        _bivit_teacher(args, teacher, spec, train_set, common)
+    train_config = TrainConfig(
+        output_dir=str(out), max_steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, resume_from=args.resume,
+        log_every=max(1, args.steps // 20), **common,
+    )  # fmt: skip
+    first = first_inputs(train_set, args.batch_size)  # the binarizers' scales: the same on every process
+    result = train_binary(student, teacher, train_set, config, train_config, init_inputs=first)
+    student.eval()
+    rows = bits_report(student, val_set, None, size, layer_bits(student))
+    teacher_top1 = top1(teacher.eval(), val_set)
+    summary = {
+        "output": str(out), "method": "bivit", "model": spec.name, "data": args.data, "steps": result.steps,
+        "final_loss": result.final_loss, "teacher_top1": teacher_top1, "rows": rows,
+    }  # fmt: skip
+    if state.is_main_process:
+        extra = {"val_top1": {"1": rows[0]["top1"]}, "teacher_top1": teacher_top1}
+        save_quant_model(out / "model", student, spec, config, extra)
+        save_json(out / "result.json", summary)
+    return summary
+
+
 def _rows_human(result: dict[str, Any]) -> str:
     lines = [f"{'bits':>4}  {'top-1':>7}  {'body MACs':>12}  {'body BOPs':>14}"]
     for r in result["rows"]:
         lines.append(f"{r['bits']:>4}  {100 * r['top1']:>6.2f}%  {r['body_macs']:>12,}  {r['body_bops']:>14,}")
     head = f"{result.get('method', '')} {result.get('model', '')} on {result.get('data', '')}".strip()
+    if "teacher_top1" in result:
+        lines.append(f"FP teacher top-1 {100 * result['teacher_top1']:.2f}%")
     return head + "\n" + "\n".join(lines)
 
 
@@ -191,7 +296,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
         check_input_dir(args.data, "--data folder")
         data = image_folder(args.data, spec.image_size, spec.in_chans)
     model.eval()
-    rows = bits_report(model, data, bits, spec.image_size)
+    bivit = isinstance(config, BiViTConfig)
+    rows = bits_report(model, data, bits, spec.image_size, layer_bits(model) if bivit else None)
     method = type(config).__name__.removesuffix("Config")
     return {"checkpoint": str(args.checkpoint), "method": method, "model": spec.name, "data": args.data, "rows": rows}
 
@@ -361,8 +467,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="small_resnet", help=f"{', '.join(BUILTIN_MODELS)}, or a timm / torchvision name")
+def _add_model_options(p: argparse.ArgumentParser, model_default: str | None = "small_resnet") -> None:
+    p.add_argument("--model", default=model_default,
+                   help=f"{', '.join(BUILTIN_MODELS)}, or a timm / torchvision name (default: small_resnet; "
+                        "with --method bivit a timm ViT, default a 4-block ViT with 4x4 patches)")
     p.add_argument("--bits", default="2,4,6,8", help="comma-separated bit-widths 2..8; odd ones add the narrow branch (default: 2,4,6,8)")
     p.add_argument("--groups", type=int, default=4, help="branches G (default: 4)")
     p.add_argument("--selection", default="amortized", choices=("amortized", "prefix"))
@@ -376,8 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_common(sub.add_parser("train", help="train MultiQuant (every bit-width on every batch) or a baseline"))
     p.add_argument("--method", default="multiquant", choices=METHODS,
-                   help="multiquant, any-precision (shared weights, DoReFa) or lsq (one bit-width)")
-    _add_model_options(p)
+                   help="multiquant, any-precision (shared weights, DoReFa), lsq (one bit-width) or bivit (binary ViT)")
+    _add_model_options(p, model_default=None)
+    p.add_argument("--teacher", default=None, help="bivit: FP weights of --model (.safetensors/.pt or a folder "
+                   "holding model.safetensors); without it the teacher is trained first for --teacher-steps")
+    p.add_argument("--teacher-steps", type=int, default=600, help="bivit: FP teacher steps without --teacher (600)")
+    p.add_argument("--attention", default="learnable", choices=("learnable", "sign"),
+                   help="bivit: Bi-ViT's learnable attention scale, or plain sign")
+    p.add_argument("--distill", default="ranking", choices=DISTILL,
+                   help="bivit: logit KD + attention ranking loss (ranking), logit KD only, or none")
     p.add_argument("--data", default="digits", help=f"{', '.join(DATASETS)} or an image folder with class subfolders")
     p.add_argument("--val-data", default=None, help="held-out image folder (named sets use their own split)")
     p.add_argument("--image-size", type=int, default=None, help="default: 8 for small_resnet on digits, else 32")

@@ -31,17 +31,20 @@ __all__ = ["bits_report", "run"]
 
 
 def bits_report(
-    model: nn.Module, data: Any, bit_list: tuple[int, ...] | None, image_size: int
+    model: nn.Module, data: Any, bit_list: tuple[int, ...] | None, image_size: int, layer_bits: Any = None
 ) -> list[dict[str, Any]]:
     """Top-1 and the quantized layers' MACs / BOPs at every bit-width of a switchable model
-    (MultiQuant, Any-Precision), or once for a fixed-bit model (``bit_list=None``, LSQ)."""
+    (MultiQuant, Any-Precision), or once for a fixed-bit model (``bit_list=None``, LSQ, Bi-ViT).
+
+    ``layer_bits`` goes to :func:`slimkit.opcount.count_ops` for layers that declare no bits
+    (Bi-ViT's: :func:`arbitrary_quant.bivit.layer_bits`)."""
     rows = []
     channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     x = torch.zeros(1, channels, image_size, image_size)
     for bits in bit_list or (None,):
         if bits is not None:
             set_bits(model, bits)
-        ops = count_ops(model, x)
+        ops = count_ops(model, x, layer_bits=layer_bits)
         quant = [r for r in ops.rows if not r.is_fp]
         rows.append(
             {
