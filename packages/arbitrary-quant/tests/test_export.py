@@ -14,9 +14,16 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from arbitrary_quant.baselines import LSQLayer, init_lsq, lsq_quantize
+from arbitrary_quant.baselines import (
+    AnyPrecisionLayer,
+    LSQLayer,
+    any_precision,
+    any_precision_codes,
+    init_lsq,
+    lsq_quantize,
+)
 from arbitrary_quant.bivit import BinaryAttention, BinaryLinear, binarize_vit
-from arbitrary_quant.config import BiViTConfig, DFSQConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.config import AnyPrecisionConfig, BiViTConfig, DFSQConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.dfsq import DFSQConv, apply_dfsq, dfsq
 from arbitrary_quant.edsr import EDSR
 from arbitrary_quant.export import FORMAT, ExportReport, export, export_info, load_exported
@@ -197,6 +204,38 @@ def test_lsq_round_trip_and_packed_codes(tmp_path: Path, config: LSQConfig) -> N
             assert layer.packing_ratio == pytest.approx(per_word, rel=0.05)
 
 
+def test_any_precision_round_trip_stores_each_bit_widths_codes(tmp_path: Path) -> None:
+    config = AnyPrecisionConfig(bit_list=(2, 3, 4, 8))
+    model = any_precision(_resnet(0), config).eval()
+    x = _images(4, 16, seed=5) * 2 - 1
+    path = tmp_path / "ap.safetensors"
+    report = export(model, path, config)
+    loaded = load_exported(path, _resnet(seed=12))
+    assert current_bits(loaded) == 8 and not any("fixed" in k for k in loaded.state_dict())
+    layers: dict[str, Any] = dict(wrapped_modules(model, AnyPrecisionLayer))
+    for bits in config.bit_list:
+        set_bits(model, bits)
+        set_bits(loaded, bits)
+        assert _max_diff(model, loaded, x) == 0.0, bits
+        for name, m in layers.items():  # the very weights DoReFa gives at this bit-width
+            assert torch.equal(loaded.get_submodule(name).quantized_weight(), m.quantized_weight()), (name, bits)
+    raw = _raw(path)
+    _no_float_copy(raw, {n: m.latent_weight.detach() for n, m in layers.items()})
+    name, first = next(iter(layers.items()))
+    row = math.prod(first.latent_weight.shape[1:])
+    codes = raw[f"quant.{name}.codes"]
+    assert codes.dtype == torch.int32 and codes.shape[1] == sum(-(-row // (32 // b)) for b in config.bit_list)
+    two_bit = unpack_bits(codes[:, : -(-row // 16)].contiguous(), 2, row)  # the first bit-width's levels
+    levels, scale = any_precision_codes(first.latent_weight, 2)
+    assert torch.equal(two_bit.to(torch.int64), levels.reshape(levels.shape[0], -1))
+    assert torch.equal(raw[f"quant.{name}.scale"], scale.reshape(1))
+    for layer in report.layers:  # 2 + 3 + 4 + 8 = 17 bits per weight (+ padding and one scale)
+        assert 17 <= layer.bits_per_weight < 17 * 1.25
+    again = tmp_path / "again.safetensors"  # a loaded export exports to the same codes
+    export(loaded, again, config)
+    assert all(torch.equal(t, _raw(again)[k]) for k, t in raw.items() if k.startswith("quant."))
+
+
 # --------------------------------------------------------------------------- what is on disk
 
 
@@ -304,7 +343,9 @@ def test_report_sizes_for_the_record(tmp_path: Path, capsys: pytest.CaptureFixtu
     df = export(_dfsq_model(ds), tmp_path / "b.safetensors", ds)
     bv_model, bv_config = _bivit_model()
     bv = export(bv_model, tmp_path / "c.safetensors", bv_config)
-    for r in (mq, df, bv):
+    ap_config = AnyPrecisionConfig()
+    ap = export(any_precision(_resnet(0), ap_config), tmp_path / "d.safetensors", ap_config)
+    for r in (mq, df, bv, ap):
         print(f"{r.method}: weights fp32 {r.weights_fp32_bytes} B -> {r.weights_exported_bytes} B "
               f"({r.bits_per_weight:.2f} bits/weight, x{r.compression:.2f}); other {r.other_bytes} B; file {r.file_bytes} B")
         assert r.weights_exported_bytes < r.weights_fp32_bytes

@@ -58,6 +58,7 @@ __all__ = [
     "LSQReport",
     "PerBitBatchNorm",
     "any_precision",
+    "any_precision_codes",
     "any_precision_weight",
     "apply_any_precision",
     "apply_lsq",
@@ -113,6 +114,14 @@ def _refuse_converted(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- Any-Precision
 
 
+def any_precision_codes(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """``(codes, scale)`` of :func:`any_precision_weight`: integer levels ``c`` in ``0..2^k-1`` and
+    ``E|w|``, so that the quantized weight is ``(2 c / (2^k - 1) - 1) * scale``."""
+    t = torch.tanh(w.detach())
+    unit = t / (2 * t.abs().max().clamp_min(torch.finfo(t.dtype).tiny)) + 0.5
+    return torch.round(unit * (2**bits - 1)).to(torch.int64), w.detach().abs().mean()
+
+
 def any_precision_weight(w: Tensor, bits: int) -> Tensor:
     """Any-Precision's DoReFa weights ``(2 q_k(tanh(w) / (2 max|tanh w|) + 1/2) - 1) * E|w|``, ``E`` detached.
 
@@ -156,6 +165,24 @@ class AnyPrecisionLayer(_PerBit):
         self.latent_weight, self.latent_bias = _own_params(base_layer)
 
     @property
+    def fixed(self) -> bool:
+        """Whether the layer runs weights fixed per bit-width (a model loaded from an export)."""
+        return hasattr(self, f"fixed_weight_{self.bit_list[0]}")
+
+    def fix_weights(self, weights: dict[int, Tensor], scale: Tensor) -> None:
+        """Run these quantized weights (``(2 c / (2^k - 1) - 1) * scale``) at each bit-width from now on.
+
+        What an export loads. They are non-persistent buffers: they follow ``.to()``, stay out of
+        ``state_dict`` and leave ``latent_weight`` unused (an exported model is for inference; train
+        from a checkpoint).
+        """
+        if sorted(weights) != list(self.bit_list):
+            raise BadInputError(f"fixed weights for bit-widths {sorted(weights)}, the layer has {list(self.bit_list)}")
+        for bits, w in weights.items():
+            self.register_buffer(f"fixed_weight_{bits}", w.to(self.latent_weight), persistent=False)
+        self.register_buffer("fixed_scale", scale.reshape(()).to(self.latent_weight), persistent=False)
+
+    @property
     def w_bits(self) -> int:
         return self.bits
 
@@ -167,7 +194,10 @@ class AnyPrecisionLayer(_PerBit):
         return f"bits={self.bits}, bit_list={list(self.bit_list)}"
 
     def quantized_weight(self) -> Tensor:
-        """The ``k``-bit weights the forward uses (:func:`any_precision_weight`)."""
+        """The ``k``-bit weights the forward uses (:func:`any_precision_weight`, or the fixed ones)."""
+        if self.fixed:
+            fixed: Tensor = getattr(self, f"fixed_weight_{self.bits}")
+            return fixed
         return any_precision_weight(self.latent_weight, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -33,6 +33,13 @@ File layout (tensor names; ``L`` is a quantized layer's module name in the *quan
 - Bi-ViT (:class:`~arbitrary_quant.bivit.BinaryLinear`): ``quant.L.signs`` int32
   ``[out, ceil(in / 32)]``: sign bits (``+1`` = bit 1); ``quant.L.alpha`` float32 ``[out]``:
   ``W = alpha * sign``. The attention binarizers' ``alpha`` / ``zero_point`` are in ``state.``.
+- Any-Precision baseline (:class:`~arbitrary_quant.baselines.AnyPrecisionLayer`): ``quant.L.codes``
+  int32 ``[C_out, words]``: for every ``k`` of the bit list in turn, the packed DoReFa levels
+  ``c = round((2^k - 1) * (tanh(w) / (2 max|tanh w|) + 1/2))`` of the flattened row; ``quant.L.scale``
+  float32 ``[1]``: ``E|w|``; the weight at ``k`` bits is ``(2 c / (2^k - 1) - 1) * scale``. One set
+  of FP weights serves every bit-width, so a packed file stores each bit-width's codes
+  (``sum(bit_list)`` bits per weight, 20 for 2/4/6/8, against MultiQuant's ``G x 2 = 8``); the
+  loaded layers run those fixed weights (inference only).
 - LSQ baseline (:class:`~arbitrary_quant.baselines.LSQLayer`): ``quant.L.codes`` int32
   ``[C_out, words]``: signed ``w_bits`` codes of the flattened row; ``quant.L.step`` float32
   ``[C_out]`` (per channel) or ``[1]``: ``w = codes * step`` (the positive step the forward uses).
@@ -67,9 +74,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arbitrary_quant.baselines import LSQLayer, apply_lsq
+from arbitrary_quant.baselines import AnyPrecisionLayer, LSQLayer, any_precision_codes, apply_any_precision, apply_lsq
 from arbitrary_quant.bivit import BinaryLinear, apply_bivit
-from arbitrary_quant.config import BiViTConfig, DFSQConfig, LSQConfig, MultiQuantConfig
+from arbitrary_quant.config import AnyPrecisionConfig, BiViTConfig, DFSQConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.dfsq import DFSQConv, apply_dfsq
 from arbitrary_quant.multiquant import MultiBranchConv, apply_multiquant, current_bits, set_bits
 from arbitrary_quant.reference import minmax_weight_quantize_reference
@@ -512,7 +519,68 @@ class _LSQ(_Codec):
         return write
 
 
-_CODECS: dict[type, _Codec] = {c.config_type: c for c in (_MultiQuant(), _DFSQ(), _BiViT(), _LSQ())}
+class _AnyPrecision(_Codec):
+    method = "any-precision"
+    config_type = AnyPrecisionConfig
+    wrapper = AnyPrecisionLayer
+    # the shared FP weights are not exported: each bit-width's DoReFa codes are
+    replaced = ("latent_weight", "base_layer.weight")
+
+    def apply(self, model: nn.Module, config: Any) -> None:
+        apply_any_precision(model, config)
+
+    def check(self, name: str, module: Any, config: Any) -> None:
+        if list(module.bit_list) != list(config.bit_list):
+            raise BadInputError(f"{name} has bit_list {list(module.bit_list)}, the config says {list(config.bit_list)}")
+
+    @staticmethod
+    def _codes(module: Any, bits: int) -> tuple[Tensor, Tensor]:
+        """Level indices and ``E|w|`` at ``bits``: from the latent weights, or back from fixed ones."""
+        if not module.fixed:
+            codes, scale = any_precision_codes(module.latent_weight.float().cpu(), bits)
+            return codes, scale.reshape(1)
+        w = getattr(module, f"fixed_weight_{bits}").float().cpu()
+        scale = module.fixed_scale.float().cpu().reshape(1)
+        return torch.round((w / scale + 1) * (2**bits - 1) / 2).to(torch.int64), scale
+
+    def pack(self, name: str, module: Any) -> tuple[dict[str, Tensor], dict[str, Any], LayerExport]:
+        rows = module.latent_weight.shape[0]
+        parts, scale = [], None
+        for bits in module.bit_list:
+            codes, scale = self._codes(module, bits)
+            parts.append(pack_bits(codes.reshape(rows, -1), bits))
+        assert scale is not None
+        if not float(scale) > 0:
+            raise BadInputError(f"{name}: its weights are all zero (nothing to export)")
+        quant = {"codes": torch.cat(parts, dim=1), "scale": scale.float().clone()}
+        total = sum(module.bit_list)
+        entry = {"name": name, "kind": self.method, "shape": list(module.latent_weight.shape), "bits": list(module.bit_list)}
+        report = _layer_report(name, self.method, module.latent_weight.shape, total, module.latent_weight.numel(), quant, "codes")
+        return quant, entry, report
+
+    def expected(self, module: Any, entry: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        w = module.latent_weight
+        words = sum(packed_length(math.prod(w.shape[1:]), b) for b in module.bit_list)
+        return {"codes": (torch.int32, (w.shape[0], words)), "scale": (torch.float32, (1,))}
+
+    def decode(self, module: Any, tensors: dict[str, Tensor], entry: dict[str, Any]) -> Callable[[], None]:
+        w = module.latent_weight
+        row = math.prod(w.shape[1:])
+        scale = tensors["scale"].reshape(())
+        weights, start = {}, 0
+        for bits in module.bit_list:
+            words = packed_length(row, bits)
+            codes = unpack_bits(tensors["codes"][:, start : start + words].contiguous(), bits, row, dtype=torch.int64)
+            weights[bits] = ((2 * codes.float() / (2**bits - 1) - 1) * scale).reshape(w.shape)
+            start += words
+
+        def write() -> None:
+            module.fix_weights(weights, scale.clone())
+
+        return write
+
+
+_CODECS: dict[type, _Codec] = {c.config_type: c for c in (_MultiQuant(), _DFSQ(), _BiViT(), _LSQ(), _AnyPrecision())}
 _BY_METHOD: dict[str, _Codec] = {c.method: c for c in _CODECS.values()}
 
 
