@@ -15,7 +15,8 @@ from arbitrary_quant.config import BiViTConfig, LSQConfig, MultiQuantConfig
 from arbitrary_quant.edsr import EDSR
 from arbitrary_quant.export import load_exported
 from arbitrary_quant.multiquant import set_bits
-from arbitrary_quant.sr_training import save_sr_model
+from arbitrary_quant.sr import sr_eval_pairs
+from arbitrary_quant.sr_training import evaluate_psnr, save_sr_model
 from slimkit.data import digits
 from slimkit.zoo import load_model
 
@@ -115,6 +116,11 @@ def test_bops_of_a_torchvision_resnet18_are_k_squared_macs(capsys) -> None:
         (["calibrate", "{tmp}", "--bits", "9", "-o", "{tmp}/x.safetensors"], "bits must be 2..8"),
         (["calibrate", "{tmp}", "--calib-data", "{tmp}/nope", "-o", "{tmp}/x.safetensors"], "--calib-data folder not found"),
         (["bench", "-o", "{tmp}/b.txt"], "use one of .json"),
+        (["calibrate", "{tmp}", "--arch", "nocolon", "-o", "{tmp}/x.safetensors"], "--arch must be MODULE:CALLABLE"),
+        (["calibrate", "{tmp}/w.pth", "--arch", "no_such_module_xyz:f", "-o", "{tmp}/x.safetensors"], "cannot import 'no_such_module_xyz'"),
+        (["calibrate", "{tmp}", "--arch", "json:nothing", "-o", "{tmp}/x.safetensors"], "'json' has no callable 'nothing'"),
+        (["calibrate", "{tmp}", "--arch", "json:loads", "--arch-kwargs", "[1]", "-o", "{tmp}/x.safetensors"], "--arch-kwargs must be a JSON object"),
+        (["calibrate", "{tmp}", "--scale", "2", "-o", "{tmp}/x.safetensors"], "--scale and --arch-kwargs go with --arch"),
         (["table", "--seeds", "a"], "--seeds must be comma-separated integers"),
         (["table", "--bits", "1"], "bit-widths 2..8, got 1"),
         (["table", "--data", "{tmp}"], "--data must be one of"),
@@ -150,6 +156,63 @@ def test_calibrate_quantizes_a_saved_edsr_and_writes_the_packed_model(tmp_path: 
     assert res["gap_db"] == res["quantized"]["psnr"] - res["fp"]["psnr"]
     assert target.is_file() and target.stat().st_size == res["export"]["file_bytes"]
     assert [row["bits"] for row in res["export"]["layers"]] == [4] * 4  # the two convs of both residual blocks
+
+
+_USER_SR = """
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, feats):
+        super().__init__()
+        self.conv_a = nn.Conv2d(feats, feats, 3, padding=1)
+        self.act = nn.ReLU()
+        self.conv_b = nn.Conv2d(feats, feats, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv_b(self.act(self.conv_a(x)))
+
+
+class UserSR(nn.Module):
+    def __init__(self, feats):
+        super().__init__()
+        self.entry = nn.Conv2d(3, feats, 3, padding=1)
+        self.blocks = nn.Sequential(Block(feats), Block(feats))
+        self.up = nn.Sequential(nn.Conv2d(feats, 3 * 4, 3, padding=1), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.up(self.blocks(self.entry(x)))
+
+
+def build(feats=8):
+    return UserSR(feats)
+"""
+
+
+def test_calibrate_takes_any_sr_network_by_import_path(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Not an EDSR: a user's own module, built by MODULE:CALLABLE, weights from a .pth; no .scale attribute."""
+    (tmp_path / "user_sr_net.py").write_text(_USER_SR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_sr_net  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    torch.save(user_sr_net.build(feats=8).state_dict(), tmp_path / "w.pth")
+    common = ["--arch", "user_sr_net:build", "--arch-kwargs", '{"feats": 8}', "--scale", "2", "--patches", "8",
+              "--calib-batch", "4", "--eval-max-size", "64"]  # fmt: skip
+    res = _json(capsys, "calibrate", str(tmp_path / "w.pth"), *common, "-o", str(tmp_path / "q.safetensors"))
+    assert [row["name"] for row in res["export"]["layers"]] == [f"blocks.{i}.{c}" for i in (0, 1) for c in ("conv_a", "conv_b")]
+    loaded = load_exported(tmp_path / "q.safetensors", user_sr_net.build(feats=8))
+    pairs = sr_eval_pairs("test", 2, max_size=64)
+    assert evaluate_psnr(loaded, pairs, 2)["psnr"] == pytest.approx(res["quantized"]["psnr"], abs=1e-9)
+    one = _json(capsys, "calibrate", str(tmp_path / "w.pth"), *common, "--include", "blocks.1.conv_b",
+                "-o", str(tmp_path / "one.safetensors"))  # fmt: skip
+    assert [row["name"] for row in one["export"]["layers"]] == ["blocks.1.conv_b"]
+    code, _, err = _run(capsys, "calibrate", str(tmp_path / "w.pth"), *common[:4], "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and "--scale: the upscaling factor of the --arch model" in err
+    code, _, err = _run(capsys, "calibrate", str(tmp_path / "w.pth"), "--arch", "user_sr_net:build",
+                        "--arch-kwargs", '{"feats": 16}', "--scale", "2", "-o", str(tmp_path / "x.safetensors"))  # fmt: skip
+    assert code == 2 and "checkpoint does not fit the model: shape mismatch" in err and not (tmp_path / "x.safetensors").exists()
 
 
 def test_bops_of_a_bivit_vit_count_binary_ops(capsys) -> None:

@@ -34,7 +34,7 @@ from arbitrary_quant.multiquant import current_bits, init_bounds, multiquant, se
 from arbitrary_quant.quickstart import bits_report
 from arbitrary_quant.quickstart import run as run_demo
 from arbitrary_quant.sr import sr_eval_pairs, sr_patches
-from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model
+from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model, load_user_sr_model
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
@@ -353,17 +353,29 @@ def _bops_human(result: dict[str, Any]) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
-    """Post-training quantization of a saved EDSR: calibrate, score FP and quantized, write the packed model."""
+    """Post-training quantization of an SR network (a saved EDSR, or ``--arch`` + weights):
+    calibrate, score FP and quantized, write the packed model."""
     target = check_output_file(args.output, (".safetensors",))
     for name in ("patches", "patch-size", "calib-batch"):
         at_least(name, getattr(args, name.replace("-", "_")), 1)
-    config = DFSQConfig(bits=args.bits, w_bits=args.w_bits, activation=DFSQ_METHODS[args.method], seed=args.seed)
+    include = [g.strip() for g in args.include.split(",") if g.strip()] if args.include else None
+    exclude = [g.strip() for g in args.exclude.split(",") if g.strip()] if args.exclude else []
+    config = DFSQConfig(bits=args.bits, w_bits=args.w_bits, activation=DFSQ_METHODS[args.method], seed=args.seed,
+                        include=include, exclude=exclude)  # fmt: skip
     for folder, what in ((args.calib_data, "--calib-data folder"), (args.eval_data, "--eval-data folder")):
         if folder is not None:
             check_input_dir(folder, what)
-    model, _ = load_sr_model(args.checkpoint)
-    model.eval()
-    scale = int(model.scale)
+    if args.arch is None:
+        if args.scale is not None or args.arch_kwargs is not None:
+            raise BadInputError("--scale and --arch-kwargs go with --arch (a saved EDSR knows its scale)")
+        model: nn.Module = load_sr_model(args.checkpoint)[0]
+        scale = int(model.scale)  # type: ignore[arg-type]
+    else:
+        model = load_user_sr_model(args.arch, args.checkpoint, args.arch_kwargs)
+        given: Any = args.scale if args.scale is not None else getattr(model, "scale", None)
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise BadInputError("--scale: the upscaling factor of the --arch model (it has no integer .scale)")
+        scale = given
     pairs = sr_eval_pairs("test", scale, max_size=args.eval_max_size, folder=args.eval_data)
     cal = sr_patches("train", scale, args.patch_size, args.patches, seed=args.seed, augment=False, folder=args.calib_data)
     batches = list(first_inputs(cal).split(args.calib_batch))
@@ -542,8 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
     p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
 
-    p = add_common(sub.add_parser("calibrate", help="post-training quantization of a saved EDSR (DFSQ or a baseline)"))
-    p.add_argument("checkpoint", help="EDSR folder written by arbitrary_quant.sr_training.save_sr_model")
+    p = add_common(sub.add_parser("calibrate", help="post-training quantization of an SR network (DFSQ or a baseline)"))
+    p.add_argument("checkpoint", help="EDSR folder written by arbitrary_quant.sr_training.save_sr_model, or with "
+                   "--arch the weights file (.safetensors / .pth) of your network")
+    p.add_argument("--arch", default=None, help="your SR network's builder, MODULE:CALLABLE (importable here)")
+    p.add_argument("--arch-kwargs", default=None, help="JSON object of keyword arguments for --arch")
+    p.add_argument("--scale", type=int, default=None, help="upscaling factor of the --arch network (default: its .scale)")
+    p.add_argument("--include", default=None, help="comma-separated globs of the convs to quantize "
+                   "(default: the two convs of every residual block, found structurally)")
+    p.add_argument("--exclude", default=None, help="comma-separated globs of convs to leave in FP")
     p.add_argument("--method", default="dfsq", choices=tuple(DFSQ_METHODS))
     p.add_argument("--bits", type=int, default=4, help="activation (and weight) bits (default: 4)")
     p.add_argument("--w-bits", type=int, default=None, help="weight bits (default: --bits)")

@@ -15,6 +15,8 @@ resume and metrics come from there).
 
 from __future__ import annotations
 
+import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "evaluate_psnr",
     "l1_loss",
     "load_sr_model",
+    "load_user_sr_model",
     "save_sr_model",
     "train_edsr",
 ]
@@ -129,6 +132,39 @@ def load_sr_model(path: str | Path) -> tuple[EDSR, dict[str, Any]]:
     except BadInputError as exc:
         raise CorruptFileError(f"{weights} does not match {config_file}: {exc}") from None
     return model.eval(), dict(meta.get(META_KEY, {}))
+
+
+def load_user_sr_model(arch: str, weights: str | Path, kwargs: str | dict[str, Any] | None = None) -> nn.Module:
+    """Any SR network: ``arch`` names its builder as ``"package.module:callable"`` (importable from
+    the current environment), called with ``kwargs`` (a dict or JSON object text), then the
+    state dict in ``weights`` (``.safetensors``/``.pth``/...) is loaded strictly. Every failure is
+    one BadInputError line (the module, the callable, the keywords, the weights).
+    """
+    module_name, sep, attr = arch.partition(":")
+    if not sep or not module_name or not attr:
+        raise BadInputError(f"--arch must be MODULE:CALLABLE (for example my_models.sr:build_net), got {arch!r}")
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            raise BadInputError(f"--arch-kwargs is not JSON: {kwargs!r}") from None
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise BadInputError(f"--arch-kwargs must be a JSON object, got {kwargs!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInputError(f"cannot import {module_name!r} for --arch: {exc}") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise BadInputError(f"{module_name!r} has no callable {attr!r}")
+    try:
+        model = builder(**(kwargs or {}))
+    except TypeError as exc:
+        raise BadInputError(f"{arch}({kwargs or ''}) failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise BadInputError(f"{arch} returned {type(model).__name__}, not an nn.Module")
+    load_into(model, read_checkpoint(weights))
+    return model.eval()
 
 
 # --------------------------------------------------------------------------- scoring
