@@ -282,7 +282,7 @@ def test_lsq_weights_per_channel_take_at_most_2_to_the_b_levels_and_codes_times_
 def test_lsq_input_init_unsigned_for_non_negative_inputs_offset_otherwise(monkeypatch):
     torch.manual_seed(0)
     config = LSQConfig(w_bits=4, a_bits=3)
-    pos, neg = LSQLayer(nn.Conv2d(4, 4, 3), config), LSQLayer(nn.Conv2d(4, 4, 3), config)
+    pos, neg = (LSQLayer(nn.Conv2d(4, 4, 3), config.w_bits, config.a_bits) for _ in range(2))
     x = torch.randn(8, 4, 6, 6)
     seen: list[torch.Tensor] = []
     real = bl.F.conv2d

@@ -22,7 +22,7 @@ body conv is quantized (MultiQuant quantizes them too, and BOPs then compare lay
 ``exclude=["*downsample*", "*shortcut*"]`` for the official choice.
 
 **Per-bit LSQ** (arXiv 1902.08153, LSQ+ arXiv 2004.09576), :func:`lsq_quantize`: one model per
-bit-width. Every Conv2d / Linear but the first conv and the last Linear becomes an :class:`LSQLayer`:
+bit-width. Every Conv2d / Linear but the first conv and the last Linear becomes a :class:`slimkit.qlayers.LSQLayer`:
 signed LSQ weights (one step per output channel by default, LSQ's gradient scale) and LSQ+ inputs
 (unsigned grid, learnable offset). The offset parameter always exists, so an optimizer built before
 the first batch sees it; the first batch only picks its init: LSQ's ``2 mean|x| / sqrt(Q_P)`` with
@@ -46,7 +46,8 @@ from arbitrary_quant.multiquant import Switchable, body_modules, find_head, find
 from arbitrary_quant.registry import REGISTRY
 from slimkit.distill import soft_cross_entropy
 from slimkit.errors import BadInputError
-from slimkit.quant import LSQQuantizer, QuantSpec, dorefa_activation, dorefa_quantize_unit
+from slimkit.qlayers import LSQLayer, own_params, plain_copy, run_layer
+from slimkit.quant import dorefa_activation, dorefa_quantize_unit
 from slimkit.report import ReportMixin
 from slimkit.surgery import REASON_EXCLUDED, REASON_NOT_INCLUDED, explain_selection, is_glob, set_module
 from slimkit.wrappers import WrapperModule, wrapped_modules
@@ -77,33 +78,9 @@ LossFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, float]]]
 # --------------------------------------------------------------------------- shared by both methods
 
 
-def _own_params(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """Trainable copies of ``layer``'s weight and bias: training never touches the original."""
-    weight = nn.Parameter(layer.weight.detach().clone())  # type: ignore[union-attr, operator]
-    bias = getattr(layer, "bias", None)
-    return weight, nn.Parameter(bias.detach().clone()) if isinstance(bias, Tensor) else None
-
-
 def _check_layer(name: str, layer: nn.Module) -> None:
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         raise BadInputError(f"{name}: padding_mode={layer.padding_mode!r} is not supported (only 'zeros')")
-
-
-def _run_layer(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``layer``'s op (conv2d with its geometry, or linear) on other weights."""
-    if isinstance(layer, nn.Conv2d):
-        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-    return F.linear(x, weight, bias)
-
-
-def _plain_copy(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
-    """A copy of ``layer`` carrying ``weight`` / ``bias`` (for :meth:`WrapperModule.to_plain`)."""
-    plain = copy.deepcopy(layer)
-    with torch.no_grad():
-        plain.weight.copy_(weight)  # type: ignore[operator]
-        if bias is not None:
-            plain.bias.copy_(bias)  # type: ignore[operator]
-    return plain
 
 
 def _refuse_converted(model: nn.Module) -> None:
@@ -162,7 +139,7 @@ class AnyPrecisionLayer(_PerBit):
 
     def __init__(self, base_layer: nn.Conv2d | nn.Linear, bit_list: Sequence[int]) -> None:
         super().__init__(base_layer, bit_list)
-        self.latent_weight, self.latent_bias = _own_params(base_layer)
+        self.latent_weight, self.latent_bias = own_params(base_layer)
 
     @property
     def fixed(self) -> bool:
@@ -201,11 +178,11 @@ class AnyPrecisionLayer(_PerBit):
         return any_precision_weight(self.latent_weight, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _run_layer(self.base_layer, dorefa_activation(x, self.bits), self.quantized_weight(), self.latent_bias)
+        return run_layer(self.base_layer, dorefa_activation(x, self.bits), self.quantized_weight(), self.latent_bias)
 
     def to_plain(self) -> nn.Module:
         """The original layer type with the current bit-width's weights (the input quantizer is not kept)."""
-        return _plain_copy(self.base_layer, self.quantized_weight().detach(), self.latent_bias)
+        return plain_copy(self.base_layer, self.quantized_weight().detach(), self.latent_bias)
 
 
 class PerBitBatchNorm(_PerBit):
@@ -343,62 +320,6 @@ def recursive_loss() -> LossFn:
 # --------------------------------------------------------------------------- per-bit LSQ
 
 
-class LSQLayer(WrapperModule):
-    """A Conv2d / Linear at one bit-width: LSQ weights (signed) and LSQ+ inputs (unsigned grid, learned offset).
-
-    ``latent_weight`` / ``latent_bias`` are trainable copies of the original's (``weight`` still reads
-    the untouched original); ``w_bits`` / ``a_bits`` declare the precision to :func:`slimkit.opcount.count_ops`. ``pairs_with_bn = False``: folding a BatchNorm
-    into quantized weights would move them off their grid.
-    """
-
-    pairs_with_bn = False
-    latent_bias: nn.Parameter | None
-
-    def __init__(self, base_layer: nn.Conv2d | nn.Linear, config: LSQConfig) -> None:
-        super().__init__(base_layer)
-        self.latent_weight, self.latent_bias = _own_params(base_layer)
-        self.w_bits = config.w_bits
-        self.a_bits = config.a_bits
-        granularity = "channel" if config.per_channel else "tensor"
-        wspec = QuantSpec(bits=config.w_bits, signed=True, symmetric=True, granularity=granularity, axis=0)
-        self.weight_quant = LSQQuantizer(wspec, tuple(self.latent_weight.shape), init=config.weight_init)
-        aspec = QuantSpec(bits=config.a_bits, signed=False, symmetric=False)
-        self.act_quant = LSQQuantizer(aspec, per_sample=True)  # g = 1 / sqrt(N_F * Q_P), N_F per sample
-        self.weight_quant.to(self.latent_weight.device)
-        self.act_quant.to(self.latent_weight.device)
-        self.weight_quant.init_from(self.latent_weight)
-
-    def extra_repr(self) -> str:
-        return f"w_bits={self.w_bits}, a_bits={self.a_bits}"
-
-    @torch.no_grad()
-    def init_activation(self, x: Tensor) -> None:
-        """Init the input step and offset from ``x``: LSQ's rule if ``x >= 0`` everywhere, LSQ+'s min/max else."""
-        self.act_quant.init = "lsq" if bool((x >= 0).all()) else "minmax"
-        self.act_quant.init_from(x)
-
-    def quantized_weight(self) -> Tensor:
-        """The fake-quantized weights the forward uses (``int_weight()`` codes times steps)."""
-        out: Tensor = self.weight_quant(self.latent_weight)
-        return out
-
-    @torch.no_grad()
-    def int_weight(self) -> tuple[Tensor, Tensor]:
-        """``(codes, step)``: int8 codes shaped as the weight and the step broadcasting against them
-        (``[C_out, 1, ...]`` per channel, ``[]`` per layer); ``codes * step`` is :meth:`quantized_weight`."""
-        codes = self.weight_quant.int_repr(self.latent_weight, torch.int8)
-        return codes, self.weight_quant.positive_step().detach().clone()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.act_quant.initialized):
-            self.init_activation(x)
-        return _run_layer(self.base_layer, self.act_quant(x), self.quantized_weight(), self.latent_bias)
-
-    def to_plain(self) -> nn.Module:
-        """The original layer type with the fake-quantized weights (the input quantizer is not kept)."""
-        return _plain_copy(self.base_layer, self.quantized_weight().detach(), self.latent_bias)
-
-
 @dataclass
 class LSQReport(ReportMixin):
     """What :func:`lsq_quantize` converted."""
@@ -426,7 +347,10 @@ def apply_lsq(model: nn.Module, config: LSQConfig) -> LSQReport:
         chosen.append((name, module))
     if not chosen:
         raise BadInputError("no Conv2d/Linear layer is left to quantize (the first conv and the last Linear stay FP)")
-    wrappers = [(name, LSQLayer(module, config)) for name, module in chosen]  # type: ignore[arg-type]
+    wrappers = [
+        (name, LSQLayer(module, config.w_bits, config.a_bits, config.per_channel, config.weight_init))  # type: ignore[arg-type]
+        for name, module in chosen
+    ]
     for name, wrapper in wrappers:
         set_module(model, name, wrapper)
         report.layers.append(name)
