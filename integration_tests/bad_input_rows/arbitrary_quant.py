@@ -40,7 +40,8 @@ _OTHER_KIND = json.dumps({"config": {"_type": "SRSTEConfig", "_version": 1}, "nm
 ROWS: list[BadInput] = [
     BadInput("no-subcommand", [AQ], expect="required"),
     # ---------------------------------------------------------------- train
-    BadInput("train-bits-odd", [*TRAIN, "--bits", "2,3", "-o", "{tmp}/r"], expect="not multiples of weight_bits=2"),
+    BadInput("train-bits-beyond-branches", [*TRAIN, "--bits", "2,3", "--groups", "1", "-o", "{tmp}/r"],
+             expect="reaches 3 bits but 1 branches"),
     BadInput("train-bits-out-of-range", [*TRAIN, "--bits", "2,10", "-o", "{tmp}/r"], expect="bit-widths 2..8"),
     BadInput("train-bits-wrong-type", [*TRAIN, "--bits", "two", "-o", "{tmp}/r"], expect="comma-separated integers"),
     BadInput("train-groups-too-few", [*TRAIN, "--groups", "2", "--selection", "prefix", "-o", "{tmp}/r"],

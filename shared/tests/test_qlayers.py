@@ -64,3 +64,10 @@ def test_bad_layers_and_options_are_one_line_errors() -> None:
         LSQLayer(nn.Conv2d(2, 2, 3, padding_mode="reflect"), 4, 4)
     with pytest.raises(BadInputError, match="act_granularity must be one of tensor, channel"):
         LSQLayer(nn.Linear(2, 2), 4, 4, act_granularity="group")
+
+
+def test_a_frozen_layer_stays_frozen_once_wrapped() -> None:
+    frozen = nn.Conv2d(2, 2, 1)
+    frozen.weight.requires_grad_(False)
+    layer = LSQLayer(frozen, 4, 4)
+    assert not layer.latent_weight.requires_grad and layer.latent_bias is not None and layer.latent_bias.requires_grad

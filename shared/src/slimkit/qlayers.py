@@ -36,10 +36,19 @@ ACT_GRANULARITIES = ("tensor", "channel")
 
 
 def own_params(layer: nn.Module) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """Trainable copies of ``layer``'s weight and bias: training never touches the original."""
-    weight = nn.Parameter(layer.weight.detach().clone())  # type: ignore[union-attr, operator]
+    """Copies of ``layer``'s weight and bias that training changes instead of the original.
+
+    Each copy keeps its original's ``requires_grad``: a frozen layer (a DETR backbone's first
+    stages) stays frozen once wrapped.
+    """
+    w = layer.weight
+    if not isinstance(w, Tensor):
+        raise BadInputError(f"{type(layer).__name__} has no weight tensor")
+    weight = nn.Parameter(w.detach().clone(), requires_grad=bool(w.requires_grad))
     bias = getattr(layer, "bias", None)
-    return weight, nn.Parameter(bias.detach().clone()) if isinstance(bias, Tensor) else None
+    if not isinstance(bias, Tensor):
+        return weight, None
+    return weight, nn.Parameter(bias.detach().clone(), requires_grad=bool(bias.requires_grad))
 
 
 def run_layer(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -1,0 +1,78 @@
+"""DETR models, built offline or loaded from a local folder (never downloaded).
+
+- :func:`tiny_detr`: a small random DETR (ResNet backbone from ``ResNetConfig`` through
+  ``backbone_config``, no timm) that trains on the synthetic shapes in CPU minutes; the tests',
+  demo's and table's model.
+- :func:`detr_r50`: DETR-R50's architecture with random weights (for counting operations).
+- :func:`load_detr`: a ``DetrForObjectDetection`` saved with ``save_pretrained`` (a
+  ``facebook/detr-resnet-50``-style folder the user downloaded themselves), ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+from slimkit.errors import BadInputError
+
+__all__ = ["TINY_DEFAULTS", "detr_r50", "load_detr", "tiny_detr"]
+
+#: The tiny DETR: stride-32 ResNet of basic blocks (16-128 channels), d_model 64, 2 + 2 layers, 4 heads.
+TINY_DEFAULTS: dict[str, Any] = {
+    "d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "heads": 4, "ffn_dim": 128, "num_queries": 10,
+    "backbone_widths": [16, 32, 64, 128], "dropout": 0.0,
+}  # fmt: skip
+
+
+def _config(num_labels: int, backbone: ResNetConfig, **kw: Any) -> DetrConfig:
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise BadInputError(f"num_labels must be a positive integer, got {num_labels!r}")
+    options: dict[str, Any] = {"backbone_config": backbone, "num_labels": num_labels, **kw}
+    return DetrConfig(**options)
+
+
+def tiny_detr(num_labels: int, **overrides: Any) -> DetrForObjectDetection:
+    """A random tiny DETR with ``num_labels`` classes (``overrides`` replace :data:`TINY_DEFAULTS` keys)."""
+    unknown = sorted(set(overrides) - set(TINY_DEFAULTS))
+    if unknown:
+        raise BadInputError(f"unknown tiny_detr options {unknown}; known: {sorted(TINY_DEFAULTS)}")
+    o = {**TINY_DEFAULTS, **overrides}
+    widths = list(o["backbone_widths"])
+    resnet: dict[str, Any] = {
+        "num_channels": 3, "embedding_size": widths[0], "hidden_sizes": widths, "depths": [1] * len(widths),
+        "layer_type": "basic", "out_features": [f"stage{len(widths)}"],
+    }  # fmt: skip
+    backbone = ResNetConfig(**resnet)
+    config = _config(
+        num_labels, backbone, d_model=o["d_model"], encoder_layers=o["encoder_layers"],
+        decoder_layers=o["decoder_layers"], encoder_attention_heads=o["heads"], decoder_attention_heads=o["heads"],
+        encoder_ffn_dim=o["ffn_dim"], decoder_ffn_dim=o["ffn_dim"], num_queries=o["num_queries"],
+        dropout=o["dropout"], attention_dropout=0.0, activation_dropout=0.0, auxiliary_loss=True,
+    )  # fmt: skip
+    model = DetrForObjectDetection(config)
+    for param in model.parameters():  # trained from scratch: HF freezes a (pretrained) ResNet's stem and first stage
+        param.requires_grad_(True)
+    return model
+
+
+def detr_r50(num_labels: int = 91) -> DetrForObjectDetection:
+    """DETR-R50's architecture (ResNet-50 backbone, d_model 256, 6 + 6 layers, 100 queries), random weights."""
+    resnet: dict[str, Any] = {"layer_type": "bottleneck", "depths": [3, 4, 6, 3], "out_features": ["stage4"]}
+    backbone = ResNetConfig(**resnet)
+    return DetrForObjectDetection(_config(num_labels, backbone))
+
+
+def load_detr(path: str | Path) -> DetrForObjectDetection:
+    """A ``DetrForObjectDetection`` from a local ``save_pretrained`` folder; one-line errors otherwise."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BadInputError(f"model folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise BadInputError(f"{folder} has no config.json: not a save_pretrained folder")
+    try:
+        model = DetrForObjectDetection.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise BadInputError(f"cannot load a DETR from {folder}: {' '.join(str(exc).split())[:300]}") from None
+    return model

@@ -1,0 +1,183 @@
+"""Training a (quantized) DETR through :func:`slimkit.train.train`: the losses of every method and the two stages.
+
+Methods (``train --method``):
+
+- ``fp``: the full-precision DETR with its own loss (the teacher);
+- ``lsq``: the quantized DETR (no distribution alignment) with the DETR loss: the paper's baseline;
+- ``logit-kd``: the same plus plain logit distillation from the teacher, query by query (the
+  student starts as the teacher's quantized copy, so query ``i`` of both models is the same slot);
+- ``qdetr``: DA in the quantized decoder plus DRD (:mod:`qdetr.drd`): ``L = L_det + lambda L_DRD``.
+
+The two stages of the paper: first a quantized backbone under a full-precision transformer
+(``QDetrConfig(scope="backbone")``), then the whole model quantized, starting from the first
+stage's weights (:func:`qdetr.quantize.apply_qdetr` extends a backbone-quantized model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from qdetr.config import DRDConfig, QDetrConfig
+from qdetr.data import collate
+from qdetr.drd import CoAttendedTap, drd_loss, drd_pairs
+from qdetr.quantize import apply_qdetr, calibrate
+from slimkit.distill import FrozenTeacher, kd_kl_loss
+from slimkit.errors import BadInputError
+from slimkit.train import TrainConfig, TrainResult, train
+
+__all__ = ["METHODS", "FitSettings", "detr_loss", "fit", "logit_kd_loss", "method_loss", "qdetr_loss"]
+
+METHODS = ("fp", "lsq", "logit-kd", "qdetr")
+
+LossFn = Callable[[nn.Module, Any], tuple[Tensor, dict[str, float]]]
+
+
+def _forward(model: nn.Module, batch: dict[str, Any]) -> Any:
+    return model(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"), labels=batch["labels"])
+
+
+def _metrics(out: Any) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in out.loss_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou")}
+
+
+def detr_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+    """DETR's own set loss (Hungarian matching, CE + L1 + GIoU, auxiliary layers)."""
+    out = _forward(model, batch)
+    return out.loss, _metrics(out)
+
+
+def logit_kd_loss(teacher: nn.Module, weight: float = 1.0, temperature: float = 1.0) -> LossFn:
+    """``L_det + weight * KL(teacher || student)`` over every query's class distribution."""
+    frozen = FrozenTeacher(teacher)
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        out = _forward(model, batch)
+        t_out = frozen(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
+        kd = kd_kl_loss(out.logits.flatten(0, 1), t_out.logits.flatten(0, 1), temperature)
+        return out.loss + weight * kd, {**_metrics(out), "loss_kd": float(kd.detach())}
+
+    return loss_fn
+
+
+def qdetr_loss(teacher: nn.Module, config: DRDConfig) -> LossFn:
+    """``L_det + lambda * L_DRD`` (FQM on the final boxes; co-attended features of ``config.layers``).
+
+    The taps are registered on the first call (the student passed to ``loss_fn`` is the model
+    :func:`slimkit.train.train` prepared, possibly wrapped by DDP) and stay for the run.
+    """
+    frozen = FrozenTeacher(teacher)
+    teacher_tap = CoAttendedTap(teacher, config.layers)
+    taps: dict[int, CoAttendedTap] = {}
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        inner = getattr(model, "module", model)
+        tap = taps.get(id(inner))
+        if tap is None or not tap.matches(inner):  # new model, or a stage that re-wrapped the decoder
+            if tap is not None:
+                tap.close()
+            tap = taps[id(inner)] = CoAttendedTap(inner, config.layers)
+        out = _forward(model, batch)
+        t_out = frozen(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
+        student_features, teacher_features = tap.take(), teacher_tap.take()
+        pairs = drd_pairs(out.pred_boxes.detach(), t_out.pred_boxes, batch["labels"], config)
+        kept = sum(int(s.numel()) for s, _ in pairs)
+        losses = []
+        for layer in tap.layers:
+            student_d, teacher_d = student_features[layer], teacher_features[layer]
+            s_rows = torch.cat([student_d[b, s] for b, (s, _) in enumerate(pairs)])
+            t_rows = torch.cat([teacher_d[b, t] for b, (_, t) in enumerate(pairs)])
+            losses.append(drd_loss(s_rows, t_rows))
+        drd = torch.stack(losses).mean()
+        total = out.loss + config.weight * drd
+        return total, {**_metrics(out), "loss_drd": float(drd.detach()), "drd_pairs": float(kept)}
+
+    return loss_fn
+
+
+@dataclasses.dataclass
+class FitSettings:
+    """How :func:`fit` trains: optimizer steps in all (``steps``), of which ``backbone_steps`` form the
+    first stage (quantized methods), AdamW ``lr`` / ``weight_decay``, DETR's gradient clip 0.1."""
+
+    steps: int = 300
+    backbone_steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 0.1
+    warmup_steps: int = 0
+    checkpoint_every: int = 0
+    seed: int = 0
+    cpu: bool = True
+    progress: bool = True
+    resume: str | None = None
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise BadInputError("steps and batch size must be >= 1 and lr > 0")
+        if not 0 <= self.backbone_steps < self.steps:
+            raise BadInputError(f"backbone steps must be in [0, steps), got {self.backbone_steps} of {self.steps}")
+
+    def train_config(self, output_dir: Path, steps: int) -> TrainConfig:
+        return TrainConfig(
+            output_dir=str(output_dir), max_steps=steps, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, warmup_steps=min(self.warmup_steps, steps),
+            checkpoint_every=self.checkpoint_every, seed=self.seed, cpu=self.cpu, progress=self.progress,
+            resume_from=self.resume, log_every=max(1, steps // 20),
+        )  # fmt: skip
+
+
+def method_loss(method: str, teacher: nn.Module | None, drd: DRDConfig | None, kd_weight: float = 1.0) -> LossFn:
+    """The loss of a ``train --method`` (see the module docstring)."""
+    if method in ("fp", "lsq"):
+        return detr_loss
+    if teacher is None:
+        raise BadInputError(f"--method {method} distils from a full-precision teacher; give one")
+    if method == "logit-kd":
+        return logit_kd_loss(teacher, kd_weight)
+    if method == "qdetr":
+        return qdetr_loss(teacher, drd or DRDConfig())
+    raise BadInputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset[Any],
+    method: str,
+    output_dir: str | Path,
+    settings: FitSettings,
+    quant: QDetrConfig | None = None,
+    teacher: nn.Module | None = None,
+    drd: DRDConfig | None = None,
+    calibration: Tensor | None = None,
+) -> list[TrainResult]:
+    """Train ``model`` in place with ``method``; quantized methods in the paper's two stages.
+
+    ``fp``: one run of ``settings.steps`` in ``output_dir``. Otherwise ``quant`` (the full config)
+    quantizes the backbone first (``scope="backbone"``, ``backbone_steps`` in ``output_dir/stage1``),
+    then the rest (``output_dir/stage2``, the remaining steps); each stage starts by calibrating the
+    quantizers it added on ``calibration`` (one batch of pixels every process shares).
+    """
+    out = Path(output_dir)
+    loss_fn = method_loss(method, teacher, drd, settings.kd_weight)
+    if method == "fp":
+        return [train(model, train_set, settings.train_config(out, settings.steps), loss_fn=loss_fn, collate_fn=collate)]
+    if quant is None or calibration is None:
+        raise BadInputError(f"--method {method} needs a quantization config and a calibration batch")
+    results = []
+    stages = [("stage1", "backbone", settings.backbone_steps), ("stage2", "all", settings.steps - settings.backbone_steps)]
+    for folder, scope, steps in stages:
+        if steps == 0:
+            continue
+        apply_qdetr(model, dataclasses.replace(quant, scope=scope))
+        calibrate(model, [calibration])
+        results.append(train(model, train_set, settings.train_config(out / folder, steps), loss_fn=loss_fn, collate_fn=collate))
+    return results

@@ -1,0 +1,61 @@
+"""Configs: validation with one-line errors, JSON round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from qdetr.api import REGISTRY
+from qdetr.config import DEFAULT_KEEP_FP, DRDConfig, QDetrConfig
+from slimkit.errors import BadInputError
+from slimkit.io import config_from_dict, config_to_dict
+
+
+def test_defaults_are_the_papers_4_4_8_with_the_released_codes_fp_layers() -> None:
+    c = QDetrConfig()
+    assert (c.w_bits, c.a_bits, c.attn_bits, c.stem_bits, c.alignment, c.scope) == (4, 4, 8, 8, "cross", "all")
+    assert c.keep_fp == DEFAULT_KEEP_FP and c.keep_fp is not DEFAULT_KEEP_FP
+    d = DRDConfig()
+    assert (d.mu_giou, d.mu_l1, d.select, d.pairing, d.layers) == (2.0, 5.0, "exists", "argmax", [-1])
+
+
+def test_round_trips() -> None:
+    c = QDetrConfig(w_bits=2, a_bits=3, keep_fp="head*", alignment="both", stem_bits=None)
+    assert c.keep_fp == ["head*"]
+    assert REGISTRY.config_from_dict(config_to_dict(c)) == c
+    d = DRDConfig(tau=0.3, layers=1, pairing="hungarian")
+    assert d.layers == [1] and config_from_dict(DRDConfig, config_to_dict(d)) == d
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"w_bits": 1}, "w_bits must be 2..8"),
+        ({"a_bits": 9}, "a_bits must be 2..8"),
+        ({"attn_bits": True}, "attn_bits must be 2..8"),
+        ({"stem_bits": 0}, "stem_bits must be 2..8"),
+        ({"alignment": "self"}, "alignment must be one of cross, both, none"),
+        ({"scope": "encoder"}, "scope must be one of all, backbone"),
+        ({"act_granularity": "group"}, "act_granularity must be one of tensor, channel"),
+        ({"keep_fp": [1]}, "keep_fp must be a list of module-name globs"),
+        ({"da_eps": 0}, "da_eps must be > 0"),
+    ],
+)
+def test_qdetr_config_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(BadInputError, match=message):
+        QDetrConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"tau": 1.5}, r"tau must be in \[0, 1\]"),
+        ({"tau": -0.1}, "tau must be a number >= 0"),
+        ({"weight": "a"}, "weight must be a number"),
+        ({"layers": []}, "layers must be a non-empty list"),
+        ({"select": "any"}, "select must be one of exists, all"),
+        ({"pairing": "greedy"}, "pairing must be one of argmax, hungarian"),
+    ],
+)
+def test_drd_config_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(BadInputError, match=message):
+        DRDConfig(**kwargs)
