@@ -16,7 +16,7 @@ from qdetr.evaluate import evaluate_model
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
-    code = main(list(argv) + ["--json"])
+    code = main([*argv, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
     return json.loads(out)
@@ -41,7 +41,7 @@ def test_make_data_writes_coco_train_and_val_folders(runs: Path) -> None:
 
 def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path, capsys) -> None:
     fp, quant, extra = load_model_folder(runs / "fp" / "model")
-    assert quant is None and extra["method"] == "fp"
+    assert quant is None and extra["method"] == "fp" and type(fp).__name__ == "DetrForObjectDetection"
     assert (runs / "fp" / "model" / "config.json").is_file()  # a transformers save_pretrained folder
     model, quant, extra = load_model_folder(runs / "q" / "model")
     assert isinstance(quant, QDetrConfig) and (quant.w_bits, quant.a_bits, quant.attn_bits, quant.alignment) == (4, 4, 8, "cross")
