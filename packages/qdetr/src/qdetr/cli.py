@@ -29,7 +29,6 @@ from slimkit.cli import add_common, at_least, emit, make_parser, positive, resol
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.paths import check_output_dir, claim_output_dir
-from slimkit.train import clear_run
 
 __all__ = ["build_parser", "main"]
 
@@ -191,8 +190,6 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     at_least("steps", args.steps, 2)
     out = Path(args.output)
     claim_output_dir(out, KIND_DEMO)
-    for sub in ("fp", "qdetr/stage1", "qdetr/stage2"):
-        clear_run(out / sub)
     return run_demo(out, steps=args.steps, seed=args.seed, progress=not args.json)
 
 

@@ -20,12 +20,16 @@ from qdetr.evaluate import evaluate_model
 from qdetr.models import tiny_detr
 from qdetr.training import FitSettings, fit
 from slimkit.io import config_to_dict, save_json
+from slimkit.train import clear_run
 
 __all__ = ["run"]
 
 
 def run(out: Path, steps: int = 300, seed: int = 0, n_train: int = 64, n_val: int = 24, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out`` (data/, fp/, qdetr/, result.json); returns the summary."""
+    """Run the demo into ``out`` (data/, fp/, qdetr/, result.json); returns the summary (``what``,
+    ``figure``, ``files`` for ``make demo``'s table, and both models' metrics)."""
+    for run_dir in ("fp", "qdetr/stage1", "qdetr/stage2"):  # the demo owns its folder: start afresh
+        clear_run(out / run_dir)
     data = make_shapes_splits(out / "data", n_train, n_val, seed)
     train_set = CocoDetectionSet(out / "data" / "train", train=True)
     val_set = CocoDetectionSet(out / "data" / "val")
@@ -43,8 +47,11 @@ def run(out: Path, steps: int = 300, seed: int = 0, n_train: int = 64, n_val: in
     fit(student, train_set, "qdetr", out / "qdetr", q_settings, quant, teacher, drd, calibration)
     q_metrics = evaluate_model(student, val_set)
     save_model_folder(out / "qdetr" / "model", student, quant, {"val": q_metrics})
+    figure = (f"val AP50 FP {100 * fp_metrics['AP50']:.1f}, Q-DETR 4-4-8 {100 * q_metrics['AP50']:.1f} "
+              f"(AP {100 * fp_metrics['AP']:.1f} / {100 * q_metrics['AP']:.1f})")  # fmt: skip
     summary = {
         "what": f"tiny DETR on {n_train} generated shapes images; FP {steps} steps, then 4-4-8 Q-DETR (DA + DRD)",
+        "figure": figure, "files": [str(out / "fp" / "model"), str(out / "qdetr" / "model"), str(out / "result.json")],
         "data": data, "fp": fp_metrics, "qdetr": q_metrics, "quant": config_to_dict(quant), "drd": config_to_dict(drd),
         "steps": {"fp": steps, "qdetr": q_settings.steps, "backbone": q_settings.backbone_steps},
     }  # fmt: skip
