@@ -13,10 +13,12 @@ from PIL import Image
 from slimkit.cli import (
     add_common,
     at_least,
+    dispatching_main,
     emit,
     format_table,
     make_parser,
     positive,
+    report,
     resolve_device,
     run_main,
     train_val_datasets,
@@ -136,3 +138,29 @@ def test_at_least_and_positive_name_the_flag_and_pass_unset_options() -> None:
     with pytest.raises(BadInputError) as exc:
         positive("lr", 0.0)
     assert str(exc.value) == "--lr must be > 0, got 0.0"
+
+
+def _toy_parser() -> object:
+    parser, sub = make_parser("toy2", "toy cli", "2.0")
+    p = add_common(sub.add_parser("go"))
+    p.add_argument("--n", type=int, default=1)
+
+    def go(args: object) -> int:
+        if getattr(args, "n") < 0:
+            raise BadInputError("n must be >= 0")
+        return report({"n": getattr(args, "n")}, args)  # type: ignore[arg-type]
+
+    p.set_defaults(func=go)
+    return parser
+
+
+def test_dispatching_main_runs_the_subcommand_and_report_prints_on_rank_0_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toy = dispatching_main(_toy_parser, "toy2")  # type: ignore[arg-type]
+    assert toy(["go", "--n", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n": 4}
+    assert toy(["go", "--n", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "toy2: error: n must be >= 0"
+    monkeypatch.setenv("RANK", "1")  # another process of `accelerate launch`: silent, same exit code
+    assert toy(["go", "--json"]) == 0 and capsys.readouterr().out == ""

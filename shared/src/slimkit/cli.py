@@ -29,9 +29,11 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "add_common",
     "build_parser",
+    "dispatching_main",
     "emit",
     "format_table",
     "main",
+    "report",
     "make_parser",
     "progress",
     "resolve_device",
@@ -164,6 +166,23 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
         print(result)
 
 
+
+def report(result: Any, args: argparse.Namespace, human: Callable[[Any], str] | None = None) -> int:
+    """A subcommand's ending: :func:`emit` ``result`` as ``args.json`` asks (rank 0 only) and return exit code 0."""
+    emit(result, bool(getattr(args, "json", False)), human)
+    return 0
+
+
+def dispatching_main(build_parser: Callable[[], argparse.ArgumentParser], prog: str) -> Callable[[Sequence[str] | None], int]:
+    """The console-script body the packages share: parse ``argv``, run the chosen subcommand's ``func``
+    default, and turn user errors into one stderr line and exit code 2 (:func:`run_main`)."""
+
+    def body(argv: Sequence[str] | None) -> int:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+
+    return run_main(body, prog)
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
@@ -219,12 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-_main = run_main(_body, "slimkit")
+_main = dispatching_main(build_parser, "slimkit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,16 @@ from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model, load_user_
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
-from slimkit.cli import add_common, at_least, emit, make_parser, positive, resolve_device, run_main, train_val_datasets
+from slimkit.cli import (
+    add_common,
+    at_least,
+    dispatching_main,
+    make_parser,
+    positive,
+    report,
+    resolve_device,
+    train_val_datasets,
+)
 from slimkit.data import DATASETS, first_inputs, image_folder, num_classes, resolve_dataset
 from slimkit.errors import BadInputError
 from slimkit.evaluate import top1
@@ -519,19 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, metrics, model/, result.json)")
-    p.set_defaults(func=lambda a: _emit(cmd_train(a), a, _rows_human))
+    p.set_defaults(func=lambda a: report(cmd_train(a), a, _rows_human))
 
     p = add_common(sub.add_parser("eval", help="top-1 of a trained model at every (or the given) bit-width"))
     p.add_argument("checkpoint", help="model folder written by train (RUN/model) or its model.safetensors")
     p.add_argument("--data", default="digits", help=f"{', '.join(DATASETS)} or an image folder")
     p.add_argument("--split", default="val", choices=("val", "test"), help="split of a named set (default: val)")
     p.add_argument("--bits", default=None, help="comma-separated bit-widths (default: every trained one)")
-    p.set_defaults(func=lambda a: _emit(cmd_eval(a), a, _rows_human))
+    p.set_defaults(func=lambda a: report(cmd_eval(a), a, _rows_human))
 
     p = add_common(sub.add_parser("export", help="write packed integer / sign-bit weights plus scales (safetensors)"))
     p.add_argument("checkpoint", help="model folder written by train (RUN/model) or its model.safetensors")
     p.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
-    p.set_defaults(func=lambda a: _emit(cmd_export(a), a, _export_human))
+    p.set_defaults(func=lambda a: report(cmd_export(a), a, _export_human))
 
     p = add_common(sub.add_parser("bops", help="MACs, BOPs and OPs: a CNN made MultiQuant per bit-width, or a timm ViT made Bi-ViT"))
     p.add_argument("--method", default="multiquant", choices=("multiquant", "bivit"))
@@ -539,7 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
-    p.set_defaults(func=lambda a: _emit(cmd_bops(a), a, _bops_human))
+    p.set_defaults(func=lambda a: report(cmd_bops(a), a, _bops_human))
 
     p = add_common(sub.add_parser("table", help="MultiQuant vs Any-Precision vs per-bit LSQ: top-1 per bit-width over seeds"))
     defaults = MultiBitTableSettings()
@@ -552,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
-    p.set_defaults(func=lambda a: _emit(cmd_table(a), a, lambda r: r["markdown"]))
+    p.set_defaults(func=lambda a: report(cmd_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("calibrate", help="post-training quantization of an SR network (DFSQ or a baseline)"))
     p.add_argument("checkpoint", help="EDSR folder written by arbitrary_quant.sr_training.save_sr_model, or with "
@@ -573,43 +581,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=48, help="HR patch side")
     p.add_argument("--calib-batch", type=int, default=16)
     p.add_argument("--output", "-o", required=True, help="the packed .safetensors to write")
-    p.set_defaults(func=lambda a: _emit(cmd_calibrate(a), a, _calibrate_human))
+    p.set_defaults(func=lambda a: report(cmd_calibrate(a), a, _calibrate_human))
 
     p = add_common(sub.add_parser("dfsq-table", help="DFSQ vs MinMax vs Percentile PTQ of a trained EDSR: PSNR per bit-width"))
     add_settings_flags(p, DFSQTableSettings())
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
-    p.set_defaults(func=lambda a: _emit(cmd_dfsq_table(a), a, lambda r: r["markdown"]))
+    p.set_defaults(func=lambda a: report(cmd_dfsq_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("bivit-table", help="Bi-ViT ablation: FP teacher, sign, + learnable scale, + ranking KD"))
     add_settings_flags(p, BiViTTableSettings())
     p.add_argument("--output", "-o", default=None, help="folder for results.json and table.md")
-    p.set_defaults(func=lambda a: _emit(cmd_bivit_table(a), a, lambda r: r["markdown"]))
+    p.set_defaults(func=lambda a: report(cmd_bivit_table(a), a, lambda r: r["markdown"]))
 
     p = add_common(sub.add_parser("bench", help="kernel timings: packed / binary matmul and the DFSQ quantizer vs PyTorch"))
     p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
-    p.set_defaults(func=lambda a: _emit(cmd_bench(a), a, _bench_human))
+    p.set_defaults(func=lambda a: report(cmd_bench(a), a, _bench_human))
 
     p = add_common(sub.add_parser("demo", help="the quickstart: MultiQuant on digits at 2/4/6/8 bits (under a minute)"))
     p.add_argument("--output", "-o", default="arbitrary-quant-demo")
     p.add_argument("--steps", type=int, default=150)
-    p.set_defaults(func=lambda a: _emit(cmd_demo(a), a, lambda r: json.dumps(r, indent=2)))
+    p.set_defaults(func=lambda a: report(cmd_demo(a), a, lambda r: json.dumps(r, indent=2)))
     return parser
 
 
-def _emit(result: dict[str, Any], args: argparse.Namespace, human: Any) -> int:
-    if PartialState().is_main_process:  # one report under `accelerate launch`
-        emit(result, args.json, human)
-    return 0
-
-
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-main = run_main(_body, PROG)
+main = dispatching_main(build_parser, PROG)
 
 if __name__ == "__main__":
     raise SystemExit(main(None))

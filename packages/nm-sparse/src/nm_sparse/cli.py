@@ -20,7 +20,6 @@ single-file outputs must have the extension of the format written (``--plot`` ``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -53,12 +52,12 @@ from nm_sparse.zoo import load_model
 from slimkit.cli import (
     add_common,
     at_least,
+    dispatching_main,
     emit,
     format_table,
     make_parser,
     positive,
     resolve_device,
-    run_main,
     train_val_datasets,
 )
 from slimkit.data import DATASETS
@@ -559,12 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-main = run_main(_body, PROG)
+main = dispatching_main(build_parser, PROG)
 
 if __name__ == "__main__":
     raise SystemExit(main(None))

@@ -8,7 +8,6 @@ user error is one stderr line and exit code 2 (``slimkit.cli.run_main``). ``trai
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from qdetr.evaluate import evaluate_model
 from qdetr.models import detr_r50, tiny_detr
 from qdetr.quickstart import run as run_demo
 from qdetr.training import METHODS, FitSettings, fit
-from slimkit.cli import add_common, at_least, emit, make_parser, positive, resolve_device, run_main
+from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report, resolve_device
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.paths import check_output_dir, claim_output_dir
@@ -220,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help="side in pixels (default 64 shapes, 128 coins)")
     p.add_argument("--max-objects", type=int, default=3, help="shapes per image at most (default 3)")
     p.add_argument("--output", "-o", required=True, help="folder for train/ and val/ (COCO folders)")
-    p.set_defaults(func=lambda a: _emit(cmd_make_data(a), a, lambda r: f"{r['kind']} set written to {r['output']}"))
+    p.set_defaults(func=lambda a: report(cmd_make_data(a), a, lambda r: f"{r['kind']} set written to {r['output']}"))
 
     p = add_common(sub.add_parser("train", help="train a DETR: fp, or quantized with lsq / logit-kd / qdetr"))
     p.add_argument("--method", default="qdetr", choices=METHODS)
@@ -249,41 +248,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, model/, result.json)")
-    p.set_defaults(func=lambda a: _emit(cmd_train(a), a, _metrics_human))
+    p.set_defaults(func=lambda a: report(cmd_train(a), a, _metrics_human))
 
     p = add_common(sub.add_parser("eval", help="COCO AP of a trained model on a COCO folder"))
     p.add_argument("checkpoint", help="model folder written by train (RUN/model) or a transformers DETR folder")
     p.add_argument("--data", required=True, help="COCO folder to score")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(func=lambda a: _emit(cmd_eval(a), a, _metrics_human))
+    p.set_defaults(func=lambda a: report(cmd_eval(a), a, _metrics_human))
 
     p = add_common(sub.add_parser("bops", help="FP vs quantized operations (BOPs / 64 convention) and the speedup"))
     p.add_argument("--model", default="detr-r50", help="detr-r50, tiny, or a model folder")
     _add_bits(p)
     p.add_argument("--height", type=int, default=800)
     p.add_argument("--width", type=int, default=1216)
-    p.set_defaults(func=lambda a: _emit(cmd_bops(a), a, _bops_human))
+    p.set_defaults(func=lambda a: report(cmd_bops(a), a, _bops_human))
 
     p = add_common(sub.add_parser("demo", help="shapes data, FP teacher, 4-bit Q-DETR, AP of both"))
     p.add_argument("--steps", type=int, default=300, help="FP steps (Q-DETR gets half)")
     p.add_argument("--output", "-o", default="qdetr-demo")
-    p.set_defaults(func=lambda a: _emit(cmd_demo(a), a, _demo_human))
+    p.set_defaults(func=lambda a: report(cmd_demo(a), a, _demo_human))
     return parser
 
 
-def _emit(result: dict[str, Any], args: argparse.Namespace, human: Any) -> int:
-    if PartialState().is_main_process:  # one report under `accelerate launch`
-        emit(result, args.json, human)
-    return 0
-
-
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-main = run_main(_body, PROG)
+main = dispatching_main(build_parser, PROG)
 
 if __name__ == "__main__":
     raise SystemExit(main(None))
