@@ -146,9 +146,9 @@ def _toy_parser() -> object:
     p.add_argument("--n", type=int, default=1)
 
     def go(args: object) -> int:
-        if getattr(args, "n") < 0:
+        if args.n < 0:
             raise BadInputError("n must be >= 0")
-        return report({"n": getattr(args, "n")}, args)  # type: ignore[arg-type]
+        return report({"n": args.n}, args)  # type: ignore[arg-type]
 
     p.set_defaults(func=go)
     return parser
