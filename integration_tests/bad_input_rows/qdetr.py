@@ -86,3 +86,67 @@ ROWS: list[BadInput] = [
     BadInput("demo-output-is-file", [Q, "demo", "-o", "{tmp}/f"], expect="is a file, expected a folder",
              setup=file_at("f")),
 ]
+
+
+# ---------------------------------------------------------------- export / visualize
+
+
+def _model_folder(name: str, quantized: bool) -> Callable[[Path], None]:
+    """``{tmp}/<name>``: a tiny random DETR saved as train saves it, full precision or quantized (4-4-8)."""
+
+    def setup(tmp: Path) -> None:
+        import torch
+
+        from qdetr.api import quantize
+        from qdetr.checkpoints import save_model_folder
+        from qdetr.config import QDetrConfig
+        from qdetr.models import tiny_detr
+
+        torch.manual_seed(0)
+        model = tiny_detr(3)
+        config = QDetrConfig() if quantized else None
+        if config is not None:
+            quantize(model, config)
+        save_model_folder(tmp / name, model, config)  # quiet: no progress bar in the row's captured stderr
+
+    return setup
+
+
+def _all(*setups: Callable[[Path], None]) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        for step in setups:
+            step(tmp)
+
+    return setup
+
+
+VIS = [Q, "visualize", "{tmp}/q", "--data", "{tmp}/d"]
+
+ROWS += [
+    BadInput("export-missing-checkpoint", [Q, "export", "{tmp}/nope", "-o", "{tmp}/m.safetensors"],
+             expect="model folder not found"),
+    BadInput("export-fp-checkpoint", [Q, "export", "{tmp}/fp", "-o", "{tmp}/m.safetensors"],
+             expect="is a full-precision model", setup=_model_folder("fp", quantized=False)),
+    BadInput("export-output-wrong-suffix", [Q, "export", "{tmp}/q", "-o", "{tmp}/m.pt"],
+             expect="use one of .safetensors", setup=_model_folder("q", quantized=True)),
+    BadInput("export-output-is-folder", [Q, "export", "{tmp}/q", "-o", "{tmp}/m.safetensors"],
+             expect="is a folder, expected a file",
+             setup=_all(_model_folder("q", quantized=True), folder_at("m.safetensors"))),
+    BadInput("visualize-zero-images", [*VIS, "--images", "0", "-o", "{tmp}/v"], expect="--images must be >= 1"),
+    BadInput("visualize-threshold-out-of-range", [*VIS, "--threshold", "1.5", "-o", "{tmp}/v"],
+             expect="--threshold must be in [0, 1]"),
+    BadInput("visualize-output-is-file", [*VIS, "-o", "{tmp}/v"], expect="is a file, expected a folder",
+             setup=file_at("v")),
+    BadInput("visualize-output-other-kind", [*VIS, "-o", "{tmp}/out"], expect="holds a qdetr train output",
+             setup=output_of("qdetr train")),
+    BadInput("visualize-data-missing", [*VIS, "-o", "{tmp}/v"], expect="not found",
+             setup=_model_folder("q", quantized=True)),
+    BadInput("visualize-teacher-is-quantized", [*VIS, "--teacher", "{tmp}/q", "-o", "{tmp}/v"],
+             expect="the teacher is the full-precision model", setup=_all(_coco(), _model_folder("q", quantized=True))),
+    BadInput("visualize-teacher-with-fp-checkpoint", [Q, "visualize", "{tmp}/fp", "--data", "{tmp}/d", "--teacher",
+                                                      "{tmp}/fp", "-o", "{tmp}/v"],
+             expect="is full precision", setup=_all(_coco(), _model_folder("fp", quantized=False))),
+    BadInput("visualize-layer-out-of-range", [*VIS, "--teacher", "{tmp}/fp", "--layer", "5", "-o", "{tmp}/v"],
+             expect="layer must be in [-2, 1]",
+             setup=_all(_coco(), _model_folder("q", quantized=True), _model_folder("fp", quantized=False))),
+]

@@ -18,7 +18,7 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from qdetr.api import quantize
 from qdetr.config import QDetrConfig
-from qdetr.models import load_detr
+from qdetr.models import load_detr, quiet_transformers
 from qdetr.registry import REGISTRY
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import config_to_dict, load_into, load_json, load_state_dict, save_json, save_state_dict
@@ -33,7 +33,8 @@ def save_model_folder(folder: str | Path, model: nn.Module, quant: QDetrConfig |
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     if quant is None:
-        model.save_pretrained(str(out))  # type: ignore[operator]
+        with quiet_transformers():
+            model.save_pretrained(str(out))  # type: ignore[operator]
     else:
         config: Any = getattr(model, "config", None)
         if not isinstance(config, DetrConfig):

@@ -1,4 +1,4 @@
-"""The ``qdetr`` console script: make-data, train, eval, bops, demo.
+"""The ``qdetr`` console script: make-data, train, eval, export, visualize, bops, demo.
 
 Every subcommand validates its arguments, inputs and output paths before it writes anything; a
 user error is one stderr line and exit code 2 (``slimkit.cli.run_main``). ``train`` runs under
@@ -21,19 +21,22 @@ from qdetr.checkpoints import load_model_folder, save_model_folder
 from qdetr.config import ALIGNMENTS, PAIRINGS, SELECTIONS, DRDConfig, QDetrConfig
 from qdetr.data import CocoDetectionSet, collate, make_coins, make_shapes_splits
 from qdetr.evaluate import evaluate_model
+from qdetr.export import export
 from qdetr.models import detr_r50, tiny_detr
 from qdetr.quickstart import run as run_demo
 from qdetr.training import METHODS, FitSettings, fit
+from qdetr.visualize import check_query_models, detections_png, query_distribution_png
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report, resolve_device
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
-from slimkit.paths import check_output_dir, claim_output_dir
+from slimkit.paths import check_output_dir, check_output_file, claim_output_dir
 
 __all__ = ["build_parser", "main"]
 
 PROG = "qdetr"
 KIND_TRAIN = "qdetr train"
 KIND_DEMO = "qdetr demo"
+KIND_VISUALIZE = "qdetr visualize"
 DATA_KINDS = ("shapes", "coins")
 
 
@@ -162,6 +165,69 @@ def _metrics_human(result: dict[str, Any]) -> str:
     return f"{head}: AP {100 * m['AP']:.1f}  AP50 {100 * m['AP50']:.1f}  AP75 {100 * m['AP75']:.1f}"
 
 
+# --------------------------------------------------------------------------- export / visualize
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    target = check_output_file(args.output, (".safetensors",))
+    model, quant, _ = load_model_folder(args.checkpoint)
+    if quant is None:
+        raise BadInputError(f"{args.checkpoint} is a full-precision model; export takes a quantized model folder "
+                            "written by train (RUN/model)")  # fmt: skip
+    result = export(model.eval(), target, quant)
+    return {"checkpoint": str(args.checkpoint), "output": str(target), **result.to_dict()}
+
+
+def _export_human(r: dict[str, Any]) -> str:
+    return (f"{r['output']} ({r['bits']}): quantized weights {r['weights_fp32_bytes']:,} B fp32 -> "
+            f"{r['weights_exported_bytes']:,} B packed ({r['compression']:.1f}x, {r['bits_per_weight']:.2f} bits/weight); "
+            f"file {r['file_bytes']:,} B")  # fmt: skip
+
+
+def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
+    at_least("images", args.images, 1)
+    if not 0 <= args.threshold <= 1:
+        raise BadInputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    out = check_output_dir(args.output, KIND_VISUALIZE)
+    model, quant, _ = load_model_folder(args.checkpoint)
+    dataset = CocoDetectionSet(args.data, image_size=args.image_size)
+    labels = int(model.config.num_labels or 0)
+    if labels != dataset.num_labels:
+        raise BadInputError(f"{args.checkpoint} predicts {labels} classes, {args.data} has {dataset.num_labels}")
+    teacher: nn.Module | None = None
+    if args.teacher is not None:
+        if quant is None:
+            raise BadInputError(f"--teacher compares a quantized model with its FP teacher, but {args.checkpoint} "
+                                "is full precision")  # fmt: skip
+        teacher, t_quant, _ = load_model_folder(args.teacher)
+        if t_quant is not None:
+            raise BadInputError(f"--teacher {args.teacher} is quantized; the teacher is the full-precision model")
+        check_query_models(teacher, model, args.layer)
+    device = resolve_device(args.device)
+    indices = list(range(min(args.images, len(dataset))))
+    claim_output_dir(out, KIND_VISUALIZE)  # every check passed: the first write
+    model.to(device)  # type: ignore[arg-type]
+    detections = detections_png(model, dataset, indices, out / "detections.png", threshold=args.threshold)
+    result: dict[str, Any] = {
+        "checkpoint": str(args.checkpoint), "data": str(args.data), "output": str(out), "images": len(indices),
+        "threshold": args.threshold, "detections_png": str(out / "detections.png"),
+        "boxes": sum(len(d["scores"]) for d in detections), "detections": detections,
+    }  # fmt: skip
+    if teacher is not None:
+        pixels = collate([dataset[i] for i in indices])["pixel_values"]
+        stats = query_distribution_png(teacher.to(device), model, pixels, out / "queries.png", layer=args.layer)
+        result.update({"queries_png": str(out / "queries.png"), "layer": args.layer, "queries": stats})
+    return result
+
+
+def _visualize_human(r: dict[str, Any]) -> str:
+    lines = [f"{r['detections_png']}: {r['images']} image(s), {r['boxes']} box(es) with score >= {r['threshold']:g}"]
+    if "queries" in r:
+        curves = ", ".join(f"{k} mean {v['mean']:.3f} std {v['std']:.3f}" for k, v in r["queries"].items())
+        lines.append(f"{r['queries_png']}: decoder layer {r['layer']} cross-attention queries ({curves})")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- bops / demo
 
 
@@ -256,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(func=lambda a: report(cmd_eval(a), a, _metrics_human))
+
+    p = add_common(sub.add_parser("export", help="write packed integer weight codes plus steps (one .safetensors file)"))
+    p.add_argument("checkpoint", help="quantized model folder written by train (RUN/model)")
+    p.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
+    p.set_defaults(func=lambda a: report(cmd_export(a), a, _export_human))
+
+    p = add_common(sub.add_parser("visualize", help="PNGs: detections on held-out images, and (--teacher) DA's query histograms"))
+    p.add_argument("checkpoint", help="model folder written by train (RUN/model) or a transformers DETR folder")
+    p.add_argument("--data", required=True, help="COCO folder whose first images are drawn")
+    p.add_argument("--teacher", default=None, help="FP model folder: also write queries.png (FP vs quantized vs after DA)")
+    p.add_argument("--images", type=int, default=8, help="images drawn, and run for the query histograms (default 8)")
+    p.add_argument("--threshold", type=float, default=0.5, help="draw predicted boxes scoring at least this (0.5)")
+    p.add_argument("--layer", type=int, default=-1, help="decoder layer of the query histograms (default -1, the last)")
+    p.add_argument("--image-size", type=int, default=None, help="resize the longer side to this (default: as stored)")
+    p.add_argument("--output", "-o", required=True, help="folder for detections.png and queries.png")
+    p.set_defaults(func=lambda a: report(cmd_visualize(a), a, _visualize_human))
 
     p = add_common(sub.add_parser("bops", help="FP vs quantized operations (BOPs / 64 convention) and the speedup"))
     p.add_argument("--model", default="detr-r50", help="detr-r50, tiny, or a model folder")

@@ -10,14 +10,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+from transformers.utils import logging as hf_logging
 
 from slimkit.errors import BadInputError
 
-__all__ = ["TINY_DEFAULTS", "detr_r50", "load_detr", "tiny_detr"]
+__all__ = ["TINY_DEFAULTS", "detr_r50", "load_detr", "quiet_transformers", "tiny_detr"]
 
 #: The tiny DETR: a stride-8 ResNet of basic blocks (32, 64 channels: an 8 x 8 feature map on 64 x 64 images;
 #: stride 32 leaves 2 x 2 tokens, too few to place objects), d_model 64, 2 + 2 layers, 4 heads, 10 queries.
@@ -65,6 +68,18 @@ def detr_r50(num_labels: int = 91) -> DetrForObjectDetection:
     return DetrForObjectDetection(_config(num_labels, backbone))
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No transformers progress bars on stderr meanwhile (a CLI's error must stay one line)."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_detr(path: str | Path) -> DetrForObjectDetection:
     """A ``DetrForObjectDetection`` from a local ``save_pretrained`` folder; one-line errors otherwise."""
     folder = Path(path)
@@ -73,7 +88,8 @@ def load_detr(path: str | Path) -> DetrForObjectDetection:
     if not (folder / "config.json").is_file():
         raise BadInputError(f"{folder} has no config.json: not a save_pretrained folder")
     try:
-        model = DetrForObjectDetection.from_pretrained(str(folder), local_files_only=True)
+        with quiet_transformers():
+            model = DetrForObjectDetection.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise BadInputError(f"cannot load a DETR from {folder}: {' '.join(str(exc).split())[:300]}") from None
     return model
