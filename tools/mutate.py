@@ -64,7 +64,7 @@ CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
 NOT_CAUGHT = {"survived", "no tests", "suspicious"}
 # Never copied into the scratch tree: environments, caches, build outputs, old mutmut folders.
 IGNORE_ANYWHERE = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "mutants"}
-IGNORE_AT_ROOT = {".git", ".venv", "dist", "build", "demo-output"}
+IGNORE_AT_ROOT = {".git", ".venv", "dist", "build", "demo-output", ".tools-state"}
 MUTMUT = "import sys; from mutmut.__main__ import cli; sys.argv[0] = 'mutmut'; cli()"
 
 
