@@ -28,7 +28,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["make-data", "shapes", "--train", "8", "--val", "4", "-o", str(root / "data")]) == 0
     common = ["--data", str(root / "data" / "train"), "--val-data", str(root / "data" / "val"), "--batch-size", "4",
               "--no-progress"]  # fmt: skip
-    assert main(["train", "--method", "fp", *common, "--steps", "3", "-o", str(root / "fp")]) == 0
+    assert main(["train", "--method", "fp", *common, "--steps", "3", "--pretrain-steps", "2", "-o", str(root / "fp")]) == 0
     assert main(["train", "--method", "qdetr", *common, "--model", str(root / "fp" / "model"), "--steps", "3",
                  "--backbone-steps", "1", "--tau", "0.0", "-o", str(root / "q")]) == 0  # fmt: skip
     return root
@@ -40,6 +40,8 @@ def test_make_data_writes_coco_train_and_val_folders(runs: Path) -> None:
 
 
 def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path, capsys) -> None:
+    fp_result = json.loads((runs / "fp" / "result.json").read_text())
+    assert 0 <= fp_result["backbone_pretraining"]["val_crop_acc"] <= 1 and (runs / "fp" / "pretrain").is_dir()
     fp, quant, extra = load_model_folder(runs / "fp" / "model")
     assert quant is None and extra["method"] == "fp" and type(fp).__name__ == "DetrForObjectDetection"
     assert (runs / "fp" / "model" / "config.json").is_file()  # a transformers save_pretrained folder

@@ -23,6 +23,7 @@ from qdetr.data import CocoDetectionSet, collate, make_coins, make_shapes_splits
 from qdetr.evaluate import evaluate_model
 from qdetr.export import export
 from qdetr.models import detr_r50, tiny_detr
+from qdetr.pretrain import pretrain_backbone
 from qdetr.quickstart import run as run_demo
 from qdetr.training import METHODS, FitSettings, fit
 from qdetr.visualize import check_query_models, detections_png, query_distribution_png
@@ -97,7 +98,7 @@ def _calibration(dataset: CocoDetectionSet, n: int) -> torch.Tensor:
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("steps", "batch-size", "calibration-images"):
         at_least(name, getattr(args, name.replace("-", "_")), 1)
-    for name in ("backbone-steps", "checkpoint-every", "weight-decay", "warmup-steps"):
+    for name in ("backbone-steps", "checkpoint-every", "weight-decay", "warmup-steps", "pretrain-steps"):
         at_least(name, getattr(args, name.replace("-", "_")), 0)
     positive("lr", args.lr)
     quantized = args.method != "fp"
@@ -134,12 +135,18 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "val_data": args.val_data, "quant": config_to_dict(quant) if quant else None,
             "drd": config_to_dict(drd) if drd else None, "settings": vars(settings),
         })  # fmt: skip
+    pretrained = None
+    if args.pretrain_steps:  # the offline stand-in for an ImageNet backbone (qdetr.pretrain)
+        plain = CocoDetectionSet(args.data, image_size=args.image_size)
+        pretrained = pretrain_backbone(model, plain, out / "pretrain", args.pretrain_steps, seed=args.seed,
+                                       progress=settings.progress, held_out=val_set)  # fmt: skip
     results = fit(model, train_set, args.method, out, settings, quant, teacher, drd, calibration)
     metrics = evaluate_model(model, val_set, batch_size=args.batch_size)
     summary = {
         "output": str(out), "method": args.method, "steps": sum(r.steps for r in results),
         "final_loss": results[-1].final_loss, "val": metrics,
         "bits": f"{quant.w_bits}-{quant.a_bits}-{quant.attn_bits}" if quant else "32-32-32",
+        "backbone_pretraining": pretrained,
     }  # fmt: skip
     if state.is_main_process:
         save_model_folder(out / "model", model, quant, {"method": args.method, "val": metrics})
@@ -310,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--calibration-images", type=int, default=8, help="images whose batch initialises the quantizers")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="first train the backbone to classify the training objects' crops (default 0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     p.add_argument("--no-progress", action="store_true")
