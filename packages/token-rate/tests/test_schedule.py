@@ -79,6 +79,21 @@ def test_validation_errors_are_clear():
         Schedule([9, 9], [7, 7]).validate(strict=True)
 
 
+def test_validation_boundaries_and_messages():
+    """The edges exactly: no prefix token is allowed, a negative count is not; num_tokens may equal the minimum."""
+    with pytest.raises(BadInputError, match="^schedule: needs at least one block$"):
+        Schedule([], [])
+    with pytest.raises(BadInputError, match="^schedule 'x': needs at least one block$"):
+        Schedule([], [], name="x")
+    Schedule([3, 2], [3, 1], num_prefix_tokens=0).validate()  # no CLS token: 1 patch token may remain
+    Schedule([3, 2], [3, 2]).validate(num_prefix_tokens=0)
+    with pytest.raises(BadInputError, match=r"^schedule: num_prefix_tokens must be >= 0, got -1$"):
+        Schedule([3, 2], [3, 2]).validate(num_prefix_tokens=-1)
+    Schedule([2, 2], [2, 2], num_tokens=2)  # exactly CLS + one patch token
+    with pytest.raises(BadInputError, match=r"^schedule: num_tokens=1 leaves no patch token after 1 prefix tokens$"):
+        Schedule([2, 2], [2, 2]).validate(num_tokens=1)
+
+
 def test_unknown_name_lists_published():
     with pytest.raises(BadInputError, match=r"deit_small@2\.9"):
         load_schedule("deit_small@9.9")
