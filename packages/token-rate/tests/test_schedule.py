@@ -81,9 +81,9 @@ def test_validation_errors_are_clear():
 
 def test_validation_boundaries_and_messages():
     """The edges exactly: no prefix token is allowed, a negative count is not; num_tokens may equal the minimum."""
-    with pytest.raises(BadInputError, match="^schedule: needs at least one block$"):
+    with pytest.raises(BadInputError, match=r"^schedule: needs at least one block$"):
         Schedule([], [])
-    with pytest.raises(BadInputError, match="^schedule 'x': needs at least one block$"):
+    with pytest.raises(BadInputError, match=r"^schedule 'x': needs at least one block$"):
         Schedule([], [], name="x")
     Schedule([3, 2], [3, 1], num_prefix_tokens=0).validate()  # no CLS token: 1 patch token may remain
     Schedule([3, 2], [3, 2]).validate(num_prefix_tokens=0)
