@@ -7,7 +7,9 @@ import json
 import types
 from importlib import resources
 
+import numpy as np
 import pytest
+import torch
 
 import token_rate
 from slimkit.errors import BadInputError
@@ -92,6 +94,14 @@ def test_validation_boundaries_and_messages():
     Schedule([2, 2], [2, 2], num_tokens=2)  # exactly CLS + one patch token
     with pytest.raises(BadInputError, match=r"^schedule: num_tokens=1 leaves no patch token after 1 prefix tokens$"):
         Schedule([2, 2], [2, 2]).validate(num_tokens=1)
+
+
+def test_lists_accept_integer_valued_floats_numpy_and_tensor_integers():
+    s = Schedule([5.0, np.int64(4)], [torch.tensor(5), 3])  # type: ignore[list-item]
+    assert s.prune == [5, 4] and s.merge == [5, 3]
+    assert all(type(v) is int for v in s.prune + s.merge)
+    with pytest.raises(BadInputError, match=r"merge must hold integers, got tensor\(3\.5000\)"):
+        Schedule([5, 4], [5, torch.tensor(3.5)])  # type: ignore[list-item]
 
 
 def test_unknown_name_lists_published():

@@ -56,6 +56,21 @@ def test_single_class_token_order_matches_official_layout():
     assert [bool(src[0, 4 + j, 2 * j + 1]) for j in range(4)] == [True] * 4  # B tokens in order
 
 
+@pytest.mark.parametrize(
+    "depth,r,counts",
+    [
+        (5, 100, [9, 5, 3, 2, 2]),  # two patch tokens still merge into one; one patch token is left alone
+        (3, [3, 100, 100], [14, 8, 5]),  # an odd number of patch tokens: the cap is floor(13 / 2) = 6
+    ],
+)
+def test_cap_edges_two_patch_tokens_and_odd_counts(timm_model, images, depth, r, counts):
+    model = timm_model("vit", depth=depth)
+    token_rate.patch(model, ToMeConfig(r=r))
+    with torch.no_grad():
+        model(images)
+    assert token_rate.last_token_counts(model) == counts == token_rate.current_token_counts(model)
+
+
 def test_r_is_capped_at_half_the_patches(timm_model, images):
     model = timm_model("vit")
     token_rate.patch(model, ToMeConfig(r=100))
