@@ -7,7 +7,7 @@ import torch
 
 import token_rate
 from slimkit.errors import BadInputError
-from token_rate import ToMeConfig
+from token_rate import Schedule, SearchConfig, ToMeConfig
 from token_rate.tome import bipartite_merge, parse_r
 
 
@@ -69,6 +69,41 @@ def test_cap_edges_two_patch_tokens_and_odd_counts(timm_model, images, depth, r,
     with torch.no_grad():
         model(images)
     assert token_rate.last_token_counts(model) == counts == token_rate.current_token_counts(model)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["sdpa", "explicit"])
+def test_training_keeps_timms_attention_dropout_draw_for_draw(timm_model, images, fused):
+    """With r = 0 the patched model in train mode must drop exactly what timm drops (same op, same RNG draws)."""
+    reference = timm_model("vit", depth=2, attn_drop_rate=0.3)
+    patched = timm_model("vit", depth=2, attn_drop_rate=0.3)
+    for model in (reference, patched):
+        for block in model.blocks:
+            block.attn.fused_attn = fused
+    token_rate.patch(patched, ToMeConfig(r=0))
+    reference.train()
+    patched.train()
+    torch.manual_seed(7)
+    want = reference(images)
+    torch.manual_seed(7)
+    got = patched(images)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(8)
+    assert not torch.allclose(patched(images), got)  # the dropout is really on
+
+
+def test_bfloat16_models_stay_in_bfloat16(timm_model, images):
+    """Sizes, sources and masks follow the activations' dtype: a bf16 model merges, traces and searches in bf16."""
+    tome = timm_model("vit", depth=2).to(torch.bfloat16)
+    token_rate.patch(tome, ToMeConfig(r=4, trace_source=True))
+    with torch.no_grad():
+        out = tome(images.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and token_rate.last_token_counts(tome) == [13, 9]
+    search = timm_model("vit", depth=3).to(torch.bfloat16)
+    token_rate.patch(search, SearchConfig(granularity=1, init_schedule=Schedule([17, 15, 12], [17, 13, 10])))
+    search.train()
+    loss = search(images.to(torch.bfloat16)).float().square().mean()
+    loss.backward()
+    assert search.token_rate_ddp.prune[1].logits.grad is not None
 
 
 def test_r_is_capped_at_half_the_patches(timm_model, images):
