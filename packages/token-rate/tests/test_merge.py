@@ -145,3 +145,19 @@ def test_proportional_attention_equals_duplicated_tokens():
     rep = torch.tensor([0, 1, 1, 1, 2, 3, 3])
     dup, _ = attend(q, k[:, :, rep], v[:, :, rep], size=None, explicit=True, **common)
     torch.testing.assert_close(fused, dup, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_dtypes_and_the_bad_mode_message():
+    """The references' contracts at the edges: sizes keep their dtype, similarities are float32 even with no
+    source token, and an unknown merge mode names the modes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 4, generator=g, dtype=torch.float64)
+    size = torch.ones(1, 3, 1, dtype=torch.float64)
+    src = torch.randn(1, 2, 4, generator=g, dtype=torch.float64)
+    idx = torch.tensor([[0, 2]])
+    new_x, new_size = merge_reference(x, size, src, torch.ones(1, 2, 1, dtype=torch.float64), idx, "weighted")
+    assert new_x.dtype == new_size.dtype == torch.float64 and new_size.flatten().tolist() == [2.0, 1.0, 2.0]
+    sim, arg = best_match_reference(torch.zeros(2, 0, 4, dtype=torch.float16), torch.randn(2, 3, 4).half())
+    assert sim.dtype == torch.float32 and arg.dtype == torch.int64 and sim.shape == arg.shape == (2, 0)
+    with pytest.raises(ValueError, match=r"^merge mode must be one of \('mean', 'weighted'\), got 'max'$"):
+        merge_reference(x, size, src, size[:, :2], idx, "max")

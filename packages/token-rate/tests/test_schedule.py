@@ -96,6 +96,14 @@ def test_validation_boundaries_and_messages():
         Schedule([2, 2], [2, 2]).validate(num_tokens=1)
 
 
+def test_strict_messages_name_the_block_and_the_fix():
+    with pytest.raises(BadInputError, match=r"^schedule: merge\[2\]=9 > prune\[2\]=8 \(use Schedule\.canonical\(\)\)$"):
+        Schedule([12, 10, 8], [12, 10, 9]).validate(strict=True)
+    with pytest.raises(BadInputError, match=r"^schedule: prune\[2\]=11 grows past the 10 tokens left by block 1 "
+                                            r"\(use Schedule\.canonical\(\)\)$"):
+        Schedule([14, 12, 11], [13, 10, 9]).validate(strict=True)
+
+
 def test_lists_accept_integer_valued_floats_numpy_and_tensor_integers():
     s = Schedule([5.0, np.int64(4)], [torch.tensor(5), 3])  # type: ignore[list-item]
     assert s.prune == [5, 4] and s.merge == [5, 3]

@@ -106,6 +106,12 @@ def test_bfloat16_models_stay_in_bfloat16(timm_model, images):
     assert search.token_rate_ddp.prune[1].logits.grad is not None
 
 
+def test_before_the_first_forward_nothing_is_reported(timm_model):
+    model = timm_model("vit", depth=2)
+    token_rate.patch(model, ToMeConfig(r=2, trace_source=True))
+    assert token_rate.last_token_counts(model) == [] and token_rate.token_source(model) is None
+
+
 def test_r_is_capped_at_half_the_patches(timm_model, images):
     model = timm_model("vit")
     token_rate.patch(model, ToMeConfig(r=100))
