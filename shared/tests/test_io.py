@@ -21,16 +21,20 @@ from slimkit.io import (
     config_from_dict,
     config_to_dict,
     current_umask,
+    load_checked_state_dict,
     load_config,
     load_into,
     load_json,
     load_model_files,
     load_state_dict,
+    save_checked_state_dict,
     save_config,
     save_json,
     save_model,
     save_state_dict,
     save_table,
+    short_list,
+    state_digest,
 )
 
 
@@ -505,3 +509,25 @@ def test_save_table_writes_the_result_and_its_markdown(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "t" / "results.json").read_text()) == result
     assert (tmp_path / "t" / "table.md").read_text() == result["markdown"] + "\n"
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["results.json", "table.md"]
+
+
+def test_checked_state_dict_round_trip_and_refusals(tmp_path: Path) -> None:
+    """What the packed exports share: the tensor list and checksum written, and every kind of damage refused."""
+    tensors = {"a": torch.arange(6, dtype=torch.int32).reshape(2, 3), "b": torch.ones(2)}
+    written = save_checked_state_dict(tmp_path / "x.safetensors", tensors, {"format": "toy", "format_version": 1})
+    assert written["tensors"] == ["a", "b"] and written["sha256"] == state_digest(written, tensors)
+    got, meta, path = load_checked_state_dict(tmp_path / "x.safetensors", "toy", 1, "a toy file")
+    assert meta == written and path == tmp_path / "x.safetensors" and torch.equal(got["a"], tensors["a"])
+    with pytest.raises(CorruptFileError, match=r"is not a toy file \(no 'other' metadata\)$"):
+        load_checked_state_dict(tmp_path / "x.safetensors", "other", 1, "a toy file")
+    with pytest.raises(CorruptFileError, match=r"has export format version 1; this release reads up to 0$"):
+        load_checked_state_dict(tmp_path / "x.safetensors", "toy", 0, "a toy file")
+    save_state_dict(tmp_path / "short.safetensors", {"a": tensors["a"]}, written)  # "b" listed, not stored
+    with pytest.raises(CorruptFileError, match=r"is missing tensor\(s\) b$"):
+        load_checked_state_dict(tmp_path / "short.safetensors", "toy", 1, "a toy file")
+    save_state_dict(tmp_path / "edited.safetensors", {**tensors, "b": torch.zeros(2)}, written)
+    with pytest.raises(CorruptFileError, match="fails its checksum"):
+        load_checked_state_dict(tmp_path / "edited.safetensors", "toy", 1, "a toy file")
+    with pytest.raises(BadInputError, match="file not found"):
+        load_checked_state_dict(tmp_path / "nope.safetensors", "toy", 1, "a toy file")
+    assert short_list({"d", "a", "c", "b", "e"}) == "a, b, c (+2 more)"

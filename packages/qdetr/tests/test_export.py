@@ -15,11 +15,11 @@ from qdetr.api import quantize
 from qdetr.checkpoints import save_model_folder
 from qdetr.cli import main
 from qdetr.config import QDetrConfig
-from qdetr.export import FORMAT, QUANT, STATE, ExportReport, _digest, export, export_info, load_exported
+from qdetr.export import FORMAT, QUANT, STATE, ExportReport, export, export_info, load_exported
 from qdetr.models import tiny_detr
 from qdetr.quantize import calibrate
 from slimkit.errors import BadInputError, CorruptFileError
-from slimkit.io import load_state_dict, save_state_dict
+from slimkit.io import load_state_dict, save_state_dict, state_digest
 from slimkit.packing import unpack_bits
 from slimkit.qlayers import LSQLayer
 
@@ -165,7 +165,7 @@ def _rewrite(src: Path, dst: Path, edit: Any, rehash: bool) -> None:
     edit(tensors, meta)
     if rehash:
         meta["tensors"] = sorted(tensors)
-        meta["sha256"] = _digest(meta, tensors)
+        meta["sha256"] = state_digest(meta, tensors)
     save_state_dict(dst, tensors, meta)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -324,6 +325,71 @@ def load_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         except json.JSONDecodeError:
             raise CorruptFileError(f"{p} has corrupt slimkit metadata") from None
     return tensors, meta
+
+
+
+def state_digest(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over ``meta`` (without its ``sha256`` entry, canonical JSON) and every tensor's name,
+    dtype, shape and bytes: what :func:`save_checked_state_dict` stores and its loader verifies."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"\n{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checked_state_dict(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> dict[str, Any]:
+    """:func:`save_state_dict` for files that must be verifiable later (the packed exports): ``meta``
+    gains the sorted ``tensors`` list and a ``sha256`` (:func:`state_digest`) over exactly the JSON the
+    header holds. A failed write is one BadInputError line. Returns the metadata written."""
+    full: dict[str, Any] = json.loads(json.dumps({**meta, "tensors": sorted(tensors)}))
+    full["sha256"] = state_digest(full, tensors)
+    try:
+        save_state_dict(path, tensors, full)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return full
+
+
+def short_list(names: set[str] | list[str]) -> str:
+    """The first three of ``names`` in sorted order, and how many more: for one-line error messages."""
+    ordered = sorted(names)
+    return ", ".join(ordered[:3]) + (f" (+{len(ordered) - 3} more)" if len(ordered) > 3 else "")
+
+
+def load_checked_state_dict(
+    path: str | os.PathLike[str], fmt: str, max_version: int, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """``(tensors, meta, path)`` of a file :func:`save_checked_state_dict` wrote with ``meta["format"] == fmt``
+    and ``meta["format_version"] <= max_version``; a missing file is a BadInputError, anything off (not
+    ``what``, a newer version, a tensor missing or unlisted, a failed checksum) one CorruptFileError line."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"file not found: {p}")
+    try:
+        tensors, meta = load_state_dict(p)
+    except CorruptFileError as exc:
+        raise CorruptFileError(" ".join(str(exc).split())) from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise CorruptFileError(f"{p} is not {what} (no {fmt!r} metadata)")
+    fv = meta.get("format_version")
+    if isinstance(fv, bool) or not isinstance(fv, int) or fv > max_version:
+        raise CorruptFileError(f"{p} has export format version {fv!r}; this release reads up to {max_version}")
+    names = meta.get("tensors")
+    if not isinstance(names, list):
+        raise CorruptFileError(f"{p} has corrupt export metadata (no tensor list)")
+    missing = set(map(str, names)) - set(tensors)
+    if missing:
+        raise CorruptFileError(f"{p} is missing tensor(s) {short_list(missing)}")
+    extra = set(tensors) - set(map(str, names))
+    if extra:
+        raise CorruptFileError(f"{p} holds tensor(s) its metadata does not list: {short_list(extra)}")
+    if meta.get("sha256") != state_digest(meta, tensors):
+        raise CorruptFileError(f"{p} fails its checksum (the file was changed or damaged after export)")
+    return tensors, meta, p
 
 
 def save_model(

@@ -61,8 +61,6 @@ Exactness is checked on CPU in float32; elsewhere a reduction may differ by an u
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -81,7 +79,7 @@ from arbitrary_quant.dfsq import DFSQConv, apply_dfsq
 from arbitrary_quant.multiquant import MultiBranchConv, apply_multiquant, current_bits, set_bits
 from arbitrary_quant.reference import minmax_weight_quantize_reference
 from slimkit.errors import BadInputError, CorruptFileError
-from slimkit.io import config_from_dict, config_to_dict, load_state_dict, save_state_dict
+from slimkit.io import config_from_dict, config_to_dict, load_checked_state_dict, save_checked_state_dict
 from slimkit.packing import pack_bits, pack_signs, packed_length, unpack_bits, unpack_signs
 from slimkit.quant import interval_codes
 from slimkit.report import ReportMixin
@@ -595,17 +593,6 @@ def _codec_for(config: Any) -> _Codec:
 # --------------------------------------------------------------------------- checksum
 
 
-def _digest(meta: dict[str, Any], tensors: dict[str, Tensor]) -> str:
-    """SHA-256 over the metadata (without ``sha256``) and every tensor's name, dtype, shape and bytes."""
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"\n{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -653,14 +640,8 @@ def export(model: nn.Module, path: str | os.PathLike[str], config: Any) -> Expor
         "method_state": codec.method_state(model),
         "layers": [{**e, **{k: getattr(r, k) for k in ("original_weights", "fp32_bytes", "exported_bytes")}}
                    for e, r in zip(entries, reports)],
-        "tensors": sorted(tensors),
     }
-    meta = json.loads(json.dumps(meta))  # what the header will hold, so the digest is over the same values
-    meta["sha256"] = _digest(meta, tensors)
-    try:
-        save_state_dict(target, tensors, meta)
-    except OSError as exc:
-        raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    save_checked_state_dict(target, tensors, meta)  # adds the tensor list and the checksum
     fp32 = sum(r.fp32_bytes for r in reports)
     exported = sum(r.exported_bytes for r in reports)
     return ExportReport(
@@ -686,32 +667,12 @@ def _one_line(exc: BaseException) -> str:
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
     """Tensors and checked metadata of an export file; CorruptFileError for anything that is off."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"file not found: {p}")
-    try:
-        tensors, meta = load_state_dict(p)
-    except CorruptFileError as exc:
-        raise CorruptFileError(_one_line(exc)) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CorruptFileError(f"{p} is not an arbitrary-quant export (no {FORMAT!r} metadata)")
-    fv = meta.get("format_version")
-    if not isinstance(fv, int) or fv > FORMAT_VERSION:
-        raise CorruptFileError(f"{p} has export format version {fv!r}; this release reads up to {FORMAT_VERSION}")
-    names, layers = meta.get("tensors"), meta.get("layers")
-    if not isinstance(names, list) or not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
-        raise CorruptFileError(f"{p} has corrupt export metadata (tensor list / layer table)")
+    tensors, meta, p = load_checked_state_dict(path, FORMAT, FORMAT_VERSION, "an arbitrary-quant export")
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
+        raise CorruptFileError(f"{p} has corrupt export metadata (layer table)")
     if meta.get("method") not in _BY_METHOD or not isinstance(meta.get("config"), dict):
         raise CorruptFileError(f"{p} has an unknown method {meta.get('method')!r} or no config")
-    missing = sorted(set(names) - set(tensors))
-    if missing:
-        more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise CorruptFileError(f"{p} is missing tensor(s) {', '.join(missing[:3])}{more}")
-    extra = sorted(set(tensors) - set(names))
-    if extra:
-        raise CorruptFileError(f"{p} holds tensor(s) its metadata does not list: {', '.join(extra[:3])}")
-    if meta.get("sha256") != _digest(meta, tensors):
-        raise CorruptFileError(f"{p} fails its checksum (the file was changed or damaged after export)")
     return tensors, meta, p
 
 

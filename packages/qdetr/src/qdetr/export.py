@@ -46,7 +46,6 @@ Exactness is checked on CPU in float32.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -64,7 +63,7 @@ from qdetr.api import quantize
 from qdetr.attention import QuantAttention
 from qdetr.config import QDetrConfig
 from slimkit.errors import BadInputError, CorruptFileError
-from slimkit.io import config_from_dict, config_to_dict, load_state_dict, save_state_dict
+from slimkit.io import config_from_dict, config_to_dict, load_checked_state_dict, save_checked_state_dict, short_list
 from slimkit.packing import pack_bits, packed_length, unpack_bits
 from slimkit.qlayers import LSQLayer
 from slimkit.report import ReportMixin
@@ -130,11 +129,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _listed(keys: set[str] | list[str]) -> str:
-    names = sorted(keys)
-    return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
-
-
 def _lsq_layers(model: nn.Module) -> dict[str, LSQLayer]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LSQLayer)}
 
@@ -172,16 +166,6 @@ def _build(detr_config: DetrConfig, config: QDetrConfig, device: str | torch.dev
     return model
 
 
-def _digest(meta: dict[str, Any], tensors: dict[str, Tensor]) -> str:
-    """SHA-256 of the metadata (less ``sha256``, canonical JSON), then each tensor: name, dtype, shape, bytes."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -195,9 +179,9 @@ def _check_model(model: nn.Module, config: QDetrConfig, detr_dict: dict[str, Any
     want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     problems = []
     if set(own) - set(want):
-        problems.append(f"entries the config does not make: {_listed(set(own) - set(want))}")
+        problems.append(f"entries the config does not make: {short_list(set(own) - set(want))}")
     if set(want) - set(own):
-        problems.append(f"entries the config makes that the model lacks: {_listed(set(want) - set(own))}")
+        problems.append(f"entries the config makes that the model lacks: {short_list(set(want) - set(own))}")
     shapes = [f"{k} {list(own[k])} vs {list(want[k])}" for k in sorted(set(own) & set(want)) if own[k] != want[k]]
     if shapes:
         problems.append("shapes differ: " + ", ".join(shapes[:3]))
@@ -281,14 +265,9 @@ def export(model: nn.Module, path: str | os.PathLike[str], config: QDetrConfig) 
     meta: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "package": "qdetr", "version": __version__,
         "torch": torch.__version__, "config": config_to_dict(config), "detr_config": detr_dict,
-        "layers": entries, "tensors": sorted(tensors),
+        "layers": entries,
     }  # fmt: skip
-    meta = json.loads(json.dumps(meta))  # exactly what the header will hold, so the digest covers the same values
-    meta["sha256"] = _digest(meta, tensors)
-    try:
-        save_state_dict(target, tensors, meta)
-    except OSError as exc:
-        raise BadInputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    save_checked_state_dict(target, tensors, meta)  # adds the tensor list and the checksum
     fp32 = sum(r.fp32_bytes for r in reports)
     exported = sum(r.exported_bytes for r in reports)
     return ExportReport(
@@ -304,29 +283,10 @@ def export(model: nn.Module, path: str | os.PathLike[str], config: QDetrConfig) 
 
 def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, Any], Path]:
     """The tensors and checked metadata of an export file; a one-line CorruptFileError for anything off."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"file not found: {p}")
-    try:
-        tensors, meta = load_state_dict(p)
-    except CorruptFileError as exc:
-        raise CorruptFileError(_one_line(exc)) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CorruptFileError(f"{p} is not a qdetr export (no {FORMAT!r} metadata)")
-    fv = meta.get("format_version")
-    if isinstance(fv, bool) or not isinstance(fv, int) or fv > FORMAT_VERSION:
-        raise CorruptFileError(f"{p} has export format version {fv!r}; this release reads up to {FORMAT_VERSION}")
-    names, layers = meta.get("tensors"), meta.get("layers")
-    if not isinstance(names, list) or not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
-        raise CorruptFileError(f"{p} has corrupt export metadata (tensor list / layer table)")
-    missing = set(map(str, names)) - set(tensors)
-    if missing:
-        raise CorruptFileError(f"{p} is missing tensor(s) {_listed(missing)}")
-    extra = set(tensors) - set(map(str, names))
-    if extra:
-        raise CorruptFileError(f"{p} holds tensor(s) its metadata does not list: {_listed(extra)}")
-    if meta.get("sha256") != _digest(meta, tensors):
-        raise CorruptFileError(f"{p} fails its checksum (the file was changed or damaged after export)")
+    tensors, meta, p = load_checked_state_dict(path, FORMAT, FORMAT_VERSION, "a qdetr export")
+    layers = meta.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
+        raise CorruptFileError(f"{p} has corrupt export metadata (layer table)")
     return tensors, meta, p
 
 
@@ -374,9 +334,9 @@ def _plan(model: nn.Module, tensors: dict[str, Tensor], meta: dict[str, Any], p:
     if set(table) != set(layers):
         problems = []
         if set(table) - set(layers):
-            problems.append(f"quantized layer(s) the model lacks: {_listed(set(table) - set(layers))}")
+            problems.append(f"quantized layer(s) the model lacks: {short_list(set(table) - set(layers))}")
         if set(layers) - set(table):
-            problems.append(f"model layer(s) not in the file: {_listed(set(layers) - set(table))}")
+            problems.append(f"model layer(s) not in the file: {short_list(set(layers) - set(table))}")
         raise _mismatch(p, "; ".join(problems))
     for name, layer in layers.items():
         entry, shape = table[name], list(layer.latent_weight.shape)
@@ -390,9 +350,9 @@ def _plan(model: nn.Module, tensors: dict[str, Tensor], meta: dict[str, Any], p:
     if set(own) != set(stored):
         problems = []
         if set(stored) - set(own):
-            problems.append(f"tensor(s) the model lacks: {_listed(set(stored) - set(own))}")
+            problems.append(f"tensor(s) the model lacks: {short_list(set(stored) - set(own))}")
         if set(own) - set(stored):
-            problems.append(f"model tensor(s) not in the file: {_listed(set(own) - set(stored))}")
+            problems.append(f"model tensor(s) not in the file: {short_list(set(own) - set(stored))}")
         raise _mismatch(p, "; ".join(problems))
     for k, v in own.items():
         if stored[k].shape != v.shape or stored[k].dtype != v.dtype:
@@ -401,7 +361,7 @@ def _plan(model: nn.Module, tensors: dict[str, Tensor], meta: dict[str, Any], p:
     expected = {f"{QUANT}{n}.{s}" for n in layers for s in ("codes", "step")}
     unknown = {k for k in tensors if not k.startswith(STATE)} - expected
     if unknown:
-        raise _mismatch(p, f"unknown tensor(s) {_listed(unknown)}")
+        raise _mismatch(p, f"unknown tensor(s) {short_list(unknown)}")
     writes: list[Callable[[], None]] = [_state_write(model, stored)]
     writes += [_decode(p, name, layer, tensors) for name, layer in layers.items()]
     return writes
