@@ -1,4 +1,4 @@
-"""Both package CLIs train under `accelerate launch` with two CPU processes (gloo via torchrun)."""
+"""The package CLIs train under `accelerate launch` with two CPU processes (gloo via torchrun)."""
 
 from __future__ import annotations
 
@@ -49,4 +49,22 @@ def test_arbitrary_quant_multiquant_train_two_processes(tmp_path: Path) -> None:
                 "--checkpoint-every", "2", "--json", "--no-progress"], tmp_path)
     assert out["steps"] == 4 and [r["bits"] for r in out["rows"]] == [2, 4, 6, 8]
     assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_qdetr_two_stage_qdetr_train_two_processes(tmp_path: Path) -> None:
+    """Both stages (quantized backbone, then all) run under DDP with the FP teacher beside each process."""
+    pytest.importorskip("qdetr")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    qdetr = [sys.executable, "-m", "qdetr.cli"]
+    subprocess.run([*qdetr, "make-data", "shapes", "--train", "8", "--val", "4", "-o", "data"],
+                   cwd=tmp_path, check=True, capture_output=True, env=env)
+    data = ["--data", "data/train", "--val-data", "data/val", "--batch-size", "2", "--no-progress", "--json"]
+    subprocess.run([*qdetr, "train", "--method", "fp", "--steps", "2", "--output", "fp", *data],
+                   cwd=tmp_path, check=True, capture_output=True, env=env)
+    out = _run([*LAUNCH, "-m", "qdetr.cli", "train", "--method", "qdetr", "--model", "fp/model", "--steps", "4",
+                "--backbone-steps", "2", "--output", "run", *data], tmp_path)
+    assert out["steps"] == 4 and out["bits"] == "4-4-8" and 0.0 <= out["val"]["AP50"] <= 1.0
+    for stage in ("stage1", "stage2"):
+        assert (tmp_path / "run" / stage / "checkpoints" / "final" / "trainer_state.json").is_file()
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
