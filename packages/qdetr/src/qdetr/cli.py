@@ -16,6 +16,7 @@ from accelerate import PartialState
 from torch import nn
 
 from qdetr import __version__
+from qdetr.bench import BenchSizes, run_benchmarks
 from qdetr.bops import detr_ops
 from qdetr.checkpoints import load_model_folder, save_model_folder
 from qdetr.config import ALIGNMENTS, PAIRINGS, SELECTIONS, DRDConfig, QDetrConfig
@@ -258,6 +259,26 @@ def _bops_human(r: dict[str, Any]) -> str:
             f"= {r['speedup']:.2f}x fewer (paper: {r['paper_speedup']}x; {r['convention']})")  # fmt: skip
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    at_least("repeats", args.repeats, 1)
+    device = resolve_device(args.device)
+    target = check_output_file(args.output, (".json",)) if args.output else None
+    result = run_benchmarks(device, BenchSizes.quick() if args.quick else BenchSizes(), repeats=args.repeats)
+    if target is not None:
+        save_json(target, result)
+    return result
+
+
+def _bench_human(result: dict[str, Any]) -> str:
+    env = result["env"]
+    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, "
+             f"torch {env.get('versions', {}).get('torch')}"]  # fmt: skip
+    for r in result["rows"]:
+        lines.append(f"{r['section']:<17} {r['shape']:<30} {r['name']:<17} {1e3 * r['median_s']:>9.3f} ms  "
+                     f"{r['ratio_vs_baseline']:.2f}x")  # fmt: skip
+    return "\n".join(lines)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     at_least("steps", args.steps, 2)
     out = Path(args.output)
@@ -354,6 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=800)
     p.add_argument("--width", type=int, default=1216)
     p.set_defaults(func=lambda a: report(cmd_bops(a), a, _bops_human))
+
+    p = add_common(sub.add_parser("bench", help="timings: FQM score and DA + LSQ+ vs PyTorch, one train step per method"))
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
+    p.set_defaults(func=lambda a: report(cmd_bench(a), a, _bench_human))
 
     p = add_common(sub.add_parser("demo", help="shapes data, FP teacher, 4-bit Q-DETR, AP of both"))
     p.add_argument("--steps", type=int, default=300, help="FP steps (Q-DETR gets half)")
