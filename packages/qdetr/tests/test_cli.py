@@ -78,4 +78,4 @@ def test_demo_short_run_scores_both_models(tmp_path: Path, capsys) -> None:
 def test_every_subcommand_dispatches_through_func() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bops", "demo", "eval", "export", "make-data", "train", "visualize"]
+    assert sorted(sub.choices) == ["bench", "bops", "demo", "eval", "export", "make-data", "train", "visualize"]

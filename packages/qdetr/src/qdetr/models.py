@@ -15,12 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 from transformers.utils import logging as hf_logging
 
 from slimkit.errors import BadInputError
 
-__all__ = ["TINY_DEFAULTS", "detr_r50", "load_detr", "quiet_transformers", "tiny_detr"]
+__all__ = ["TINY_DEFAULTS", "detr_r50", "init_like_detr", "load_detr", "quiet_transformers", "tiny_detr"]
 
 #: The tiny DETR: a stride-8 ResNet of basic blocks (32, 64 channels: an 8 x 8 feature map on 64 x 64 images;
 #: stride 32 leaves 2 x 2 tokens, too few to place objects), d_model 64, 2 + 2 layers, 4 heads, 10 queries.
@@ -58,6 +60,30 @@ def tiny_detr(num_labels: int, **overrides: Any) -> DetrForObjectDetection:
     model = DetrForObjectDetection(config)
     for param in model.parameters():  # trained from scratch: HF freezes a (pretrained) ResNet's stem and first stage
         param.requires_grad_(True)
+    init_like_detr(model)
+    return model
+
+
+@torch.no_grad()
+def init_like_detr(model: DetrForObjectDetection) -> DetrForObjectDetection:
+    """Re-initialize the transformer and heads the way the official DETR does when it trains them from scratch.
+
+    Why: transformers' generic init draws every Linear and the query embeddings from N(0, 0.02),
+    which suits loading pretrained weights but not training: attention logits stay near zero, the
+    ten query slots start almost identical, and a tiny DETR's decoder collapses to per-slot priors
+    (measured: AP50 0.4% after 2000 steps on the shapes, 11.6% with this init). The official code
+    applies Xavier-uniform to every matrix of the encoder and decoder, keeps ``nn.Embedding``'s
+    N(0, 1) for the query slots, and PyTorch's default init for the input projection and the heads.
+    The backbone is left as built (DETR's comes pretrained).
+    """
+    inner: Any = model.model
+    for part in (inner.encoder, inner.decoder):
+        for param in part.parameters():
+            if param.dim() > 1:
+                nn.init.xavier_uniform_(param)
+    nn.init.normal_(inner.query_position_embeddings.weight)
+    for layer in (inner.input_projection, model.class_labels_classifier, *model.bbox_predictor.layers):
+        layer.reset_parameters()
     return model
 
 
