@@ -90,9 +90,8 @@ def _start_model(args: argparse.Namespace, num_labels: int) -> nn.Module:
     return model
 
 
-def _calibration(dataset: CocoDetectionSet, n: int) -> torch.Tensor:
-    """The first ``n`` training images, unflipped: the batch every process calibrates on."""
-    plain = CocoDetectionSet(dataset.folder, image_size=dataset.image_size)
+def _calibration(plain: CocoDetectionSet, n: int) -> torch.Tensor:
+    """The first ``n`` training images (``plain``: the set without augmentation): the batch every process calibrates on."""
     return collate([plain[i] for i in range(min(n, len(plain)))])["pixel_values"]
 
 
@@ -126,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         teacher, t_quant, _ = load_model_folder(source)
         if t_quant is not None:
             raise BadInputError(f"--teacher {source} is quantized; the teacher is the full-precision model")
-    calibration = _calibration(train_set, args.calibration_images) if quantized else None
+    plain = CocoDetectionSet(args.data, image_size=args.image_size) if quantized or args.pretrain_steps else None
+    calibration = _calibration(plain, args.calibration_images) if plain is not None and quantized else None
     state = PartialState()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
@@ -137,8 +137,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "drd": config_to_dict(drd) if drd else None, "settings": vars(settings),
         })  # fmt: skip
     pretrained = None
-    if args.pretrain_steps:  # the offline stand-in for an ImageNet backbone (qdetr.pretrain)
-        plain = CocoDetectionSet(args.data, image_size=args.image_size)
+    if plain is not None and args.pretrain_steps:  # the offline stand-in for an ImageNet backbone (qdetr.pretrain)
         pretrained = pretrain_backbone(model, plain, out / "pretrain", args.pretrain_steps, seed=args.seed,
                                        progress=settings.progress, held_out=val_set)  # fmt: skip
     results = fit(model, train_set, args.method, out, settings, quant, teacher, drd, calibration)
@@ -334,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--backbone-steps", type=int, default=100, help="first stage: quantized backbone only (100)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4, the paper's)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--calibration-images", type=int, default=8, help="images whose batch initialises the quantizers")

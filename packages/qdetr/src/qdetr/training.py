@@ -109,7 +109,7 @@ class FitSettings:
     steps: int = 300
     backbone_steps: int = 100
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 1e-4
     max_grad_norm: float = 0.1
     warmup_steps: int = 0
