@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from qdetr.api import REGISTRY
 from qdetr.config import DEFAULT_KEEP_FP, DRDConfig, QDetrConfig
+from qdetr.training import FitSettings
 from slimkit.errors import BadInputError
 from slimkit.io import config_from_dict, config_to_dict
 
@@ -59,3 +63,19 @@ def test_qdetr_config_validation(kwargs: dict, message: str) -> None:
 def test_drd_config_validation(kwargs: dict, message: str) -> None:
     with pytest.raises(BadInputError, match=message):
         DRDConfig(**kwargs)
+
+
+def test_fit_settings_step_schedule_is_detrs_drop_after_two_thirds() -> None:
+    settings = FitSettings(steps=400, backbone_steps=0, warmup_steps=10, lr=1e-3)
+    config = settings.train_config(Path("unused"), 310)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    factor = settings.scheduler(optimizer, config).lr_lambdas[0]
+    assert [factor(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+    assert factor(10) == factor(209) == 1.0 and factor(210) == factor(309) == 0.1  # 10 + 2/3 of 300
+    cosine = FitSettings(schedule="cosine").scheduler(optimizer, config).lr_lambdas[0]
+    assert cosine(10) == 1.0 and cosine(309) < cosine(200) < cosine(11) < 1.0
+
+
+def test_fit_settings_rejects_an_unknown_schedule() -> None:
+    with pytest.raises(BadInputError, match="schedule must be one of step, cosine, constant"):
+        FitSettings(schedule="linear")

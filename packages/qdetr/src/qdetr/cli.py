@@ -26,7 +26,7 @@ from qdetr.export import export
 from qdetr.models import detr_r50, tiny_detr
 from qdetr.pretrain import pretrain_backbone
 from qdetr.quickstart import run as run_demo
-from qdetr.training import METHODS, FitSettings, fit
+from qdetr.training import METHODS, SCHEDULES, FitSettings, fit
 from qdetr.visualize import check_query_models, detections_png, query_distribution_png
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report, resolve_device
 from slimkit.errors import BadInputError
@@ -106,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     drd = _drd_config(args) if args.method == "qdetr" else None
     settings = FitSettings(
         steps=args.steps, backbone_steps=args.backbone_steps if quantized else 0, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
         checkpoint_every=args.checkpoint_every, seed=args.seed, cpu=resolve_device(args.device).type == "cpu",
         progress=not (args.no_progress or args.json), resume=args.resume,
     )  # fmt: skip
@@ -336,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4, the paper's)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--schedule", default="step", choices=SCHEDULES,
+                   help="lr schedule: step (DETR's x0.1 after 2/3 of the steps, default), cosine, constant")
     p.add_argument("--calibration-images", type=int, default=8, help="images whose batch initialises the quantizers")
     p.add_argument("--pretrain-steps", type=int, default=0,
                    help="first train the backbone to classify the training objects' crops (default 0: off)")
