@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.bench import compare, count_flops, env_header, mean_std, peak_memory, time_fn
+from slimkit.bench import compare, count_flops, env_header, mean_std, peak_memory, rows_text, time_fn
 
 
 def test_time_fn_median() -> None:
@@ -65,3 +65,18 @@ def test_mean_std_is_the_sample_std_over_seeds() -> None:
     assert mean == pytest.approx(t.mean().item(), abs=1e-12) and std == pytest.approx(t.std().item(), abs=1e-12)
     with pytest.raises(ValueError, match="at least one value"):
         mean_std([])
+
+
+def test_rows_text_aligns_columns_and_prints_ms_and_ratio() -> None:
+    result = {
+        "env": {"device": "cpu (test)", "torch_threads": 2, "versions": {"torch": "9.9"}},
+        "dtype": "float32",
+        "rows": [
+            {"section": "a", "shape": "4x4", "name": "base", "median_s": 0.002, "ratio_vs_baseline": 1.0},
+            {"section": "longer", "shape": "8", "name": "fast", "median_s": 0.0005, "ratio_vs_baseline": 4.0},
+        ],
+    }
+    lines = rows_text(result).splitlines()
+    assert lines[0] == "device cpu (test), 2 threads, float32, torch 9.9"
+    assert lines[1] == "a       4x4  base      2.000 ms  1.00x"
+    assert lines[2] == "longer  8    fast      0.500 ms  4.00x"

@@ -166,6 +166,25 @@ def compare(
     return rows
 
 
+def rows_text(result: Mapping[str, Any]) -> str:
+    """A ``bench`` result as text: one header line (device, threads, dtype, torch), then one line per row.
+
+    ``result`` is ``{"env": env_header(...), "dtype": str, "rows": [...]}`` whose rows are
+    :func:`compare` rows with a ``section`` and a ``shape`` added, the layout every package's
+    ``bench`` subcommand returns. Columns are as wide as their longest entry.
+    """
+    env = result["env"]
+    head = (f"device {env.get('device')}, {env.get('torch_threads')} threads, {result.get('dtype')}, "
+            f"torch {env.get('versions', {}).get('torch')}")  # fmt: skip
+    rows = result["rows"]
+    widths = [max((len(str(r[key])) for r in rows), default=0) for key in ("section", "shape", "name")]
+    lines = [head]
+    for r in rows:
+        cells = [str(r[key]).ljust(w) for key, w in zip(("section", "shape", "name"), widths, strict=True)]
+        lines.append(f"{'  '.join(cells)}  {1e3 * r['median_s']:>9.3f} ms  {r['ratio_vs_baseline']:.2f}x")
+    return "\n".join(lines)
+
+
 def _register_sdpa_flops() -> None:
     """Count ``scaled_dot_product_attention`` on every backend (the CPU op is otherwise 0)."""
     from torch.utils import flop_counter

@@ -37,6 +37,7 @@ from arbitrary_quant.sr_training import evaluate_psnr, load_sr_model, load_user_
 from arbitrary_quant.table import METHODS as TABLE_METHODS
 from arbitrary_quant.table import MultiBitTableSettings, multibit_table
 from arbitrary_quant.training import AllBitsForward, multibit_loss, multiquant_optimizer
+from slimkit.bench import rows_text
 from slimkit.cli import (
     add_common,
     at_least,
@@ -417,15 +418,6 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _bench_human(result: dict[str, Any]) -> str:
-    env = result["env"]
-    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, torch {env.get('versions', {}).get('torch')}"]
-    for r in result["rows"]:
-        lines.append(f"{r['section']:<20} {r['shape']:<28} {r['name']:<18} {1e3 * r['median_s']:>9.3f} ms  "
-                     f"{r['ratio_vs_baseline']:.2f}x")  # fmt: skip
-    return "\n".join(lines)
-
-
 def _csv(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -597,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
-    p.set_defaults(func=lambda a: report(cmd_bench(a), a, _bench_human))
+    p.set_defaults(func=lambda a: report(cmd_bench(a), a, rows_text))
 
     p = add_common(sub.add_parser("demo", help="the quickstart: MultiQuant on digits at 2/4/6/8 bits (under a minute)"))
     p.add_argument("--output", "-o", default="arbitrary-quant-demo")

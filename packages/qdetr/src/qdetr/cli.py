@@ -28,6 +28,7 @@ from qdetr.pretrain import pretrain_backbone
 from qdetr.quickstart import run as run_demo
 from qdetr.training import METHODS, SCHEDULES, FitSettings, fit
 from qdetr.visualize import check_query_models, detections_png, query_distribution_png
+from slimkit.bench import rows_text
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report, resolve_device
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
@@ -268,16 +269,6 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _bench_human(result: dict[str, Any]) -> str:
-    env = result["env"]
-    lines = [f"device {env.get('device')}, {env.get('torch_threads')} threads, {result['dtype']}, "
-             f"torch {env.get('versions', {}).get('torch')}"]  # fmt: skip
-    for r in result["rows"]:
-        lines.append(f"{r['section']:<17} {r['shape']:<30} {r['name']:<17} {1e3 * r['median_s']:>9.3f} ms  "
-                     f"{r['ratio_vs_baseline']:.2f}x")  # fmt: skip
-    return "\n".join(lines)
-
-
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     at_least("steps", args.steps, 2)
     out = Path(args.output)
@@ -381,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--output", "-o", default=None, help="also write the JSON result here (.json)")
-    p.set_defaults(func=lambda a: report(cmd_bench(a), a, _bench_human))
+    p.set_defaults(func=lambda a: report(cmd_bench(a), a, rows_text))
 
     p = add_common(sub.add_parser("demo", help="shapes data, FP teacher, 4-bit Q-DETR, AP of both"))
     p.add_argument("--steps", type=int, default=300, help="FP steps (Q-DETR gets half)")
