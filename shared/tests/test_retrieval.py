@@ -63,3 +63,19 @@ def test_zero_vector_scores_zero_and_integer_inputs_work() -> None:
 def test_bad_inputs_name_the_problem(q: torch.Tensor, keys: torch.Tensor, k: int, message: str) -> None:
     with pytest.raises(BadInputError, match=message):
         cosine_topk(q, keys, k)
+
+
+def test_normalized_keys_skip_the_norm_and_give_the_same_ranking() -> None:
+    g = torch.Generator().manual_seed(3)
+    keys = torch.nn.functional.normalize(torch.randn(50, 6, generator=g), dim=1)
+    q = torch.randn(4, 6, generator=g)
+    s1, i1 = cosine_topk(q, keys, 5, chunk=16)
+    s2, i2 = cosine_topk(q, keys, 5, chunk=16, normalized=True)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(s1, s2)
+
+
+def test_ties_at_the_topk_cut_inside_one_chunk_keep_lower_indices() -> None:
+    keys = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    _, idx = cosine_topk(torch.tensor([[1.0, 0.0]]), keys, 2)
+    assert idx.tolist() == [[1, 3]]
