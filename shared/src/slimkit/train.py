@@ -558,6 +558,10 @@ def _save(accelerator: Any, root: Path, name: str, step: int, micro: int) -> Pat
     if accelerator.num_processes > 1:
         token = broadcast_object_list([token])[0]
     tmp = root / f".tmp-{name}-{token}"
+    # Every process makes the folder before any writes into it: accelerate's save_state creates it on
+    # the main process only, and another rank writing its RNG state first failed ("Parent directory
+    # ... does not exist"), seen with 2 processes when the final checkpoint followed a periodic one.
+    tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     _checkpoint_phase("start")
     accelerator.save_state(str(tmp))
