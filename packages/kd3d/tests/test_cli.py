@@ -1,0 +1,83 @@
+"""The ``kd3d`` console script end to end on the tiny grid: simulate, train (teacher, RDD student), eval, visualize, flops."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kd3d import __version__
+from kd3d.api import TINY_GRID, tiny_config
+from kd3d.cli import build_parser, main
+from kd3d.config import preset
+from kd3d.detector import build_detector
+from kd3d.training import save_detector
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_version_and_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"kd3d {__version__}"
+
+
+@pytest.mark.slow
+def test_simulate_train_eval_visualize(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "sim"
+    sim = _run(capsys, "simulate", "--grid", "tiny", "--train", "2", "--val", "1", "--beams", "16", "-o", str(data))
+    assert sim["train"]["scenes"] == 2 and (data / "val" / "velodyne" / "000000.bin").is_file()
+    teacher = _run(capsys, "train", "--role", "teacher", "--grid", "tiny", "--preset", "XS", "--data", str(data / "train"),
+                   "--steps", "1", "--no-progress", "-o", str(tmp_path / "t"))  # fmt: skip
+    assert teacher["steps"] == 1 and (tmp_path / "t" / "model" / "model.safetensors").is_file()
+    student = _run(capsys, "train", "--role", "student", "--preset", "XXS", "--kd", "rdd", "--teacher", str(tmp_path / "t" / "model"),
+                   "--data", str(data / "train"), "--val-data", str(data / "val"), "--steps", "1", "--no-progress",
+                   "-o", str(tmp_path / "s"))  # fmt: skip
+    assert student["kd"] == "rdd" and 0 <= student["val"]["NDS"] <= 1
+    ev = _run(capsys, "eval", str(tmp_path / "s" / "model"), "--data", str(data / "val"))
+    assert ev["preset"] == "XXS" and "bev_AP_R40" in ev
+    vis = _run(capsys, "visualize", str(tmp_path / "s" / "model"), "--data", str(data / "val"), "--threshold", "0.0",
+               "-o", str(tmp_path / "v"))  # fmt: skip
+    assert Path(vis["bev_png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flops_on_the_tiny_grid(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _run(capsys, "flops", "--grid", "tiny", "--depth", "cpu")
+    rows = {r["preset"]: r for r in out["rows"]}
+    assert rows["teacher"]["flops_ratio"] == 1.0
+    assert rows["XXS"]["flops_ratio"] < rows["XS"]["flops_ratio"] <= rows["S"]["flops_ratio"] < 1.0
+    assert rows["S"]["sparse_gflops"] == rows["teacher"]["sparse_gflops"]  # S keeps the encoder's widths
+
+
+def test_simulate_then_eval_and_visualize_a_saved_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "sim"
+    sim = _run(capsys, "simulate", "--grid", "tiny", "--train", "1", "--val", "1", "--beams", "16", "-o", str(data))
+    assert sim["val"]["scenes"] == 1 and (data / "val" / "label_2" / "000000.txt").is_file()
+    save_detector(tmp_path / "m", build_detector(tiny_config(), seed=0))
+    ev = _run(capsys, "eval", str(tmp_path / "m"), "--data", str(data / "val"))
+    assert ev["scenes"] == 1 and 0.0 <= ev["NDS"] <= 1.0
+    vis = _run(capsys, "visualize", str(tmp_path / "m"), "--data", str(data / "val"), "--threshold", "0.0", "-o", str(tmp_path / "v"))
+    assert Path(vis["bev_png"]).read_bytes()[:4] == b"\x89PNG" and vis["boxes"] > 0
+
+
+@pytest.mark.slow
+def test_rdd_student_trains_under_accelerate_launch_with_two_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run(capsys, "simulate", "--grid", "tiny", "--train", "4", "--val", "1", "--beams", "16", "-o", str(tmp_path / "sim"))
+    teacher = preset("XS", **TINY_GRID, encoder_layers=[1, 1, 1, 1, 1, 1], bev_layers=[1, 1])
+    save_detector(tmp_path / "t", build_detector(teacher, seed=0))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+    cmd = [*launch, "-m", "kd3d.cli", "train", "--role", "student", "--kd", "rdd", "--preset", "XXS", "--teacher",
+           str(tmp_path / "t"), "--data", str(tmp_path / "sim" / "train"), "--steps", "3", "--checkpoint-every", "2",
+           "--no-progress", "--json", "-o", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["steps"] == 3  # one JSON document: only rank 0 prints
+    assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").is_file()
