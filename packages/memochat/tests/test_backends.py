@@ -1,0 +1,106 @@
+"""Generators: a real tiny transformers model, the OpenAI-compatible client against a real server, stops."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from memochat.backends import BackendError, OpenAIGenerator, ScriptedGenerator, TransformersGenerator, cut_at_stop
+from memochat.config import MemoConfig
+from memochat.models import ByteTokenizer, tiny_llama
+from memochat.pipeline import MemoChat
+from memochat.server import create_app, running_server
+from memochat.store import MemoStore
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TransformersGenerator:
+    torch.manual_seed(0)
+    return TransformersGenerator(tiny_llama(hidden=32, layers=1, heads=2), ByteTokenizer(), template="raw", prefix="<s>\n")
+
+
+def test_cut_at_stop() -> None:
+    assert cut_at_stop('[{"a": 1}] trailing', ["]"]) == '[{"a": 1}]'
+    assert cut_at_stop("\n2#3\nmore", ["\n"]) == "\n2#3\n"  # a leading newline does not stop it
+    assert cut_at_stop("no stop", ["]"]) == "no stop"
+
+
+def test_transformers_generate_is_greedy_and_stream_matches(tiny: TransformersGenerator) -> None:
+    a = tiny.generate("hello", max_new_tokens=12)
+    assert a == tiny.generate("hello", max_new_tokens=12)
+    assert "".join(tiny.stream("hello", max_new_tokens=12)) == a
+    ids = tiny._input_ids("hello")
+    assert ids == ByteTokenizer().encode("<s>\nhello\n")  # the official raw layout: prefix + prompt + suffix
+
+
+def test_transformers_truncates_from_the_left(tiny: TransformersGenerator) -> None:
+    text = "abcdefghij" * 10
+    cut = tiny.truncate_left(text, 30)
+    overhead = len(tiny._input_ids(""))
+    assert cut == text[-(30 - overhead) :] and tiny.count_tokens(cut) == 30 - overhead
+    assert tiny.truncate_left("short", 30) == "short"
+
+
+def test_transformers_stop_strings(tiny: TransformersGenerator) -> None:
+    full = tiny.generate("stop test", max_new_tokens=24)
+    stop = next(ch for ch in full if not ch.isspace())
+    got = tiny.generate("stop test", max_new_tokens=24, stop=[stop])
+    assert got == cut_at_stop(full, [stop]), [hex(ord(c)) for c in full]
+    assert got.endswith(stop) and len(got) < len(full)
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    bot = MemoChat(ScriptedGenerator(lambda p, t: "served answer" if t == "chatting" else "1"), MemoStore(tmp_path / "s.db"),
+                   MemoConfig(prefilter="none"))  # fmt: skip
+    with running_server(create_app(bot)) as url:
+        yield url, bot
+
+
+def test_openai_client_generate_and_stream(served) -> None:  # type: ignore[no-untyped-def]
+    url, bot = served
+    gen = OpenAIGenerator(url, retries=0)
+    gen.check()
+    assert gen.generate("hi", max_new_tokens=8) == "served answer"
+    assert "".join(gen.stream("again", max_new_tokens=8)) == "served answer"
+    assert bot.store.lines("default")[-4:] == ["user: hi", "bot: served answer", "user: again", "bot: served answer"]
+
+
+def test_unreachable_server_is_one_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    gen = OpenAIGenerator(f"http://127.0.0.1:{port}/v1", retries=1, backoff=0.01, timeout=2)
+    with pytest.raises(BackendError, match=f"cannot reach http://127.0.0.1:{port}/v1"):
+        gen.generate("hi", max_new_tokens=4)
+    with pytest.raises(BackendError):
+        gen.check()
+
+
+def test_client_errors_are_not_retried(served) -> None:  # type: ignore[no-untyped-def]
+    url, _ = served
+    gen = OpenAIGenerator(url.replace("/v1", "/nope"), retries=3, backoff=5.0)
+    with pytest.raises(BackendError, match="HTTP 404"):  # would take 35 s if 4xx were retried
+        gen.generate("hi", max_new_tokens=4)
+
+
+def test_bad_url_scheme() -> None:
+    with pytest.raises(BackendError.__mro__[1], match="http:// or https://"):
+        OpenAIGenerator("localhost:8000")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_is_converted_once_and_cached(tmp_path: Path) -> None:
+    import time
+
+    from memochat.backends import gguf_to_folder, smollm2_gguf
+
+    folder = gguf_to_folder(smollm2_gguf(), tmp_path)
+    assert (folder / ".complete").is_file() and (folder / "model.safetensors").is_file()
+    t = time.perf_counter()
+    assert gguf_to_folder(smollm2_gguf(), tmp_path) == folder and time.perf_counter() - t < 1.0  # no second conversion
+    gen = TransformersGenerator.from_pretrained(smollm2_gguf(), cache_dir=tmp_path)
+    assert gen.template == "chat" and gen.generate("Say hello.", max_new_tokens=8).strip()

