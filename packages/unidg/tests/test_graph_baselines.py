@@ -1,0 +1,79 @@
+"""Union-find, the decoders, the whole graph clustering and the baselines on separable data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimkit.errors import BadInputError
+from unidg.baselines import finch, finch_partitions, kmeans, knn_threshold, run_method
+from unidg.baselines import infomap as infomap_baseline
+from unidg.config import ClusterConfig
+from unidg.graph import cluster, components, density_peaks, relabel, union_find
+from unidg.metrics import score
+
+
+def test_union_find_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    for n, e in ((1, 0), (50, 10), (200, 150), (300, 600)):
+        a, b = rng.integers(0, n, e), rng.integers(0, n, e)
+        assert np.array_equal(union_find(n, a, b), components(n, a, b))
+
+
+def test_relabel_first_appearance() -> None:
+    assert relabel(np.array([7, 3, 7, 9, 3])).tolist() == [0, 1, 0, 2, 1]
+
+
+def test_density_peaks_forest() -> None:
+    # a path 0-1-2 with scores; 3 isolated: one tree for the path, 3 alone
+    src, dst = np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1])
+    score_ = np.array([0.9, 0.9, 0.8, 0.8], np.float32)
+    labels = density_peaks(4, src, dst, score_, 0.5)
+    assert labels.tolist() == [0, 0, 0, 1]
+    assert density_peaks(4, src, dst, score_, 0.95).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("rule", ["fixed", "mutual", "rank-growth", "reciprocal"])
+@pytest.mark.parametrize("decode", ["threshold", "peaks"])
+def test_cluster_separable(blobs: tuple[np.ndarray, np.ndarray], rule: str, decode: str) -> None:
+    x, y = blobs
+    res = cluster(x, ClusterConfig(k=10, neighbours=rule, decode=decode, threshold=0.5, levels=3))
+    s = score(y, res.labels)
+    assert s.bcubed_f > 0.9, (rule, decode, s)
+    assert res.clusters == int(res.labels.max()) + 1 and sum(res.degree_histogram.values()) == 600
+
+
+def test_levels_only_merge(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = blobs
+    one = cluster(x, ClusterConfig(k=5, neighbours="rank-growth", levels=1)).labels
+    three = cluster(x, ClusterConfig(k=5, neighbours="rank-growth", levels=3)).labels
+    assert int(three.max()) <= int(one.max())
+    for c in np.unique(one):  # every level-1 cluster lies inside one final cluster
+        assert len(np.unique(three[one == c])) == 1
+
+
+def test_baselines(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = blobs
+    assert score(y, finch(x, 12)).bcubed_f > 0.95
+    parts = finch_partitions(x)
+    counts = [int(p.max()) + 1 for p in parts]
+    assert counts == sorted(counts, reverse=True) and counts[-1] == 1
+    assert score(y, kmeans(x, 12)).nmi > 0.9
+    assert score(y, knn_threshold(x, ClusterConfig(k=10, threshold=0.6))).bcubed_f > 0.95
+    with pytest.raises(BadInputError, match="cannot give"):
+        finch(x, 10_000)
+    with pytest.raises(BadInputError, match="--clusters"):
+        run_method("kmeans", x)
+    with pytest.raises(BadInputError, match="unknown method"):
+        run_method("dbscan", x)
+
+
+def test_infomap_is_optional(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    try:
+        import infomap  # noqa: F401
+    except ImportError:
+        with pytest.raises(BadInputError, match="pip install"):
+            infomap_baseline(blobs[0])
+    else:  # pragma: no cover - not installed here
+        labels = infomap_baseline(blobs[0], ClusterConfig(k=10, threshold=0.5))
+        assert score(blobs[1], labels).bcubed_f > 0.9
