@@ -36,8 +36,8 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -74,6 +74,8 @@ class TrainConfig:
     cpu: bool = False
     max_grad_norm: float | None = None
     shuffle: bool = True
+    #: DDP only: let parameters skip a step's backward (a multi-branch model whose forward leaves some unused).
+    find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -154,6 +156,18 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
+
+
+def process_state(cpu: bool | None = None) -> PartialState:
+    """accelerate's process state, set up for CPU processes when ``cpu`` (default: no CUDA device).
+
+    Why: under ``accelerate launch`` / torchrun on a machine without a GPU, a bare ``PartialState()``
+    finds no GPU backend and makes every process rank 0 of 1, so "two processes" silently become two
+    independent runs writing one folder. The first call decides for the whole process (accelerate
+    keeps one shared state), so CLIs call this instead of ``PartialState()``, and :func:`train` does
+    before it builds its ``Accelerator``.
+    """
+    return PartialState(cpu=not torch.cuda.is_available() if cpu is None else cpu)
 
 
 def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
@@ -386,10 +400,12 @@ def train(
     # Without a GPU, run on CPU explicitly: accelerate then uses gloo across the processes
     # that `accelerate launch --multi_gpu --num_processes N` (torchrun) started.
     cpu = config.cpu or not torch.cuda.is_available()
+    process_state(cpu)
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(config.mixed_precision, cpu),
         cpu=cpu,
         project_dir=str(out),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
     )
     set_seed(config.seed)
     loss_fn = loss_fn or default_loss

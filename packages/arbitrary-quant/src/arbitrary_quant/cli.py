@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from torch import nn
 
 from arbitrary_quant import __version__
@@ -55,7 +54,7 @@ from slimkit.io import config_to_dict, load_into, save_json, save_model
 from slimkit.models import read_checkpoint
 from slimkit.opcount import count_ops
 from slimkit.paths import check_input_dir, check_output_dir, check_output_file, claim_output_dir
-from slimkit.train import TrainConfig, clear_run, train
+from slimkit.train import TrainConfig, clear_run, process_state, train
 from slimkit.zoo import BUILTIN_MODELS, ModelSpec, load_model
 
 __all__ = ["build_parser", "main"]
@@ -163,9 +162,10 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every,
         seed=args.seed, resume_from=args.resume, progress=not (args.no_progress or args.json),
         cpu=device.type == "cpu", log_every=max(1, args.steps // 20),
+        find_unused_parameters=True,  # a bit-width's forward leaves the other widths' BN / bounds unused
     )  # fmt: skip
     trained, how = _training(model, config, args, first_inputs(train_set, args.batch_size))
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)
@@ -218,7 +218,7 @@ def _bivit_teacher(
     steps = args.teacher_steps
     config = TrainConfig(output_dir=str(out / "teacher"), max_steps=steps, lr=args.lr, weight_decay=0.05,
                          warmup_steps=max(1, steps // 20), log_every=max(1, steps // 20), **common)  # fmt: skip
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         clear_run(out / "teacher")
     state.wait_for_everyone()
@@ -246,7 +246,7 @@ def cmd_train_bivit(args: argparse.Namespace) -> dict[str, Any]:
     teacher, student = spec.build(), spec.build()
     if args.teacher is not None:
         _bivit_teacher(args, teacher, spec, train_set, {})  # a bad --teacher fails before anything is written
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)

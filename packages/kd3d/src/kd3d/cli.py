@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 
 from kd3d import __version__
 from kd3d.api import TINY_GRID
@@ -32,6 +31,7 @@ from slimkit.cli import add_common, at_least, dispatching_main, make_parser, pos
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.paths import check_input_file, check_output_dir, claim_output_dir
+from slimkit.train import process_state
 
 __all__ = ["build_parser", "main"]
 
@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     cpu = resolve_device(args.device).type == "cpu"
     settings = FitSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                            seed=args.seed, cpu=cpu, progress=not (args.no_progress or args.json), resume=args.resume)  # fmt: skip
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()  # every process validated its arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)

@@ -64,7 +64,7 @@ from slimkit.data import DATASETS
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, load_json, load_state_dict, save_json
 from slimkit.paths import OUTPUT_MARKER, check_output_dir, check_output_file, claim_output_dir
-from slimkit.train import TrainConfig, find_latest_checkpoint, read_checkpoint_marker, train
+from slimkit.train import TrainConfig, find_latest_checkpoint, process_state, read_checkpoint_marker, train
 
 __all__ = ["PROG", "build_parser", "main"]
 
@@ -79,15 +79,11 @@ KIND_DEMO = "nm-sparse demo"
 
 
 def _wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
+    process_state().wait_for_everyone()
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return bool(PartialState().is_main_process)
+    return bool(process_state().is_main_process)
 
 
 # --------------------------------------------------------------------------- parser pieces

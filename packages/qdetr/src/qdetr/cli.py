@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from torch import nn
 
 from qdetr import __version__
@@ -33,6 +32,7 @@ from slimkit.cli import add_common, at_least, dispatching_main, make_parser, pos
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.paths import check_output_dir, check_output_file, claim_output_dir
+from slimkit.train import process_state
 
 __all__ = ["build_parser", "main"]
 
@@ -128,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             raise BadInputError(f"--teacher {source} is quantized; the teacher is the full-precision model")
     plain = CocoDetectionSet(args.data, image_size=args.image_size) if quantized or args.pretrain_steps else None
     calibration = _calibration(plain, args.calibration_images) if plain is not None and quantized else None
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)

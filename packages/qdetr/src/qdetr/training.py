@@ -154,6 +154,7 @@ class FitSettings:
             checkpoint_every=self.checkpoint_every, seed=self.seed, cpu=self.cpu, progress=self.progress,
             resume_from=self.resume, log_every=max(1, steps // 20),
             scheduler="constant" if self.schedule == "constant" else "cosine",
+            find_unused_parameters=True,  # under DDP: the FP layers a quantization stage left behind get no gradient
         )  # fmt: skip
 
 

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, TensorDataset
 from slimkit.data import IMAGE_SUFFIXES, image_to_tensor, read_image
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict
-from slimkit.train import TrainConfig, train
+from slimkit.train import TrainConfig, process_state, train
 from token_rate.config import SearchConfig
 from token_rate.flops import analytic_macs
 from token_rate.patch import (
@@ -313,9 +313,6 @@ def search(
     )
     if we_patched:
         unpatch(model)
-    if settings.output:
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:
-            schedule.save(settings.output)
+    if settings.output and process_state().is_main_process:
+        schedule.save(settings.output)
     return schedule

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
 
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report
 from slimkit.errors import BadInputError
@@ -29,6 +28,7 @@ from slimkit.io import (
     save_table,
 )
 from slimkit.paths import check_input_dir, check_input_file, check_output_dir, check_output_file, claim_output_dir
+from slimkit.train import process_state
 from unidg import __version__
 from unidg.associate import AssociationResult, associate
 from unidg.baselines import METHODS
@@ -241,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     net = UnifiedNet(net_cfg)
     data = CharacterSamples(args.identities, args.samples, seed=args.seed)
-    state = PartialState()
+    state = process_state()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)
