@@ -166,6 +166,11 @@ def compare(
     return rows
 
 
+def section_rows(section: str, shape: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`compare` rows tagged with their ``section`` and problem ``shape``: the rows :func:`rows_text` prints."""
+    return [{"section": section, "shape": shape, **row} for row in results]
+
+
 def rows_text(result: Mapping[str, Any]) -> str:
     """A ``bench`` result as text: one header line (device, threads, dtype, torch), then one line per row.
 

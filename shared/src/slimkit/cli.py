@@ -21,7 +21,8 @@ from slimkit import __version__
 from slimkit.bench import env_header
 from slimkit.data import DATASETS, image_folder, resolve_dataset
 from slimkit.errors import BadInputError
-from slimkit.paths import check_input_dir, claim_output_dir
+from slimkit.io import save_json
+from slimkit.paths import check_input_dir, check_output_file, claim_output_dir
 from slimkit.progress import progress
 from slimkit.quickstart import run as run_demo
 
@@ -138,6 +139,18 @@ def run_main(fn: Callable[[Sequence[str] | None], int | None], prog: str) -> Cal
         return int(code or 0)
 
     return wrapper
+
+
+def bench_command(args: argparse.Namespace, run: Callable[[torch.device, bool, int], dict[str, Any]]) -> dict[str, Any]:
+    """A package's ``bench`` subcommand: ``--repeats`` >= 1 and the ``--output`` (.json) path are checked
+    before timing, ``run(device, quick, repeats)`` times, and the result is also written to ``--output``."""
+    at_least("repeats", args.repeats, 1)
+    device = resolve_device(args.device)
+    target = check_output_file(args.output, (".json",)) if args.output else None
+    result = run(device, bool(args.quick), args.repeats)
+    if target is not None:
+        save_json(target, result)
+    return result
 
 
 def _one_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from arbitrary_quant import ops
 from arbitrary_quant.reference import dequantize_packed, dfsq_denormalize, dfsq_normalize
-from slimkit.bench import compare, env_header
+from slimkit.bench import compare, env_header, section_rows
 from slimkit.packing import pack_bits, pack_signs
 
 __all__ = ["BenchSizes", "loop_dfsq_quantize", "run_benchmarks"]
@@ -71,9 +71,6 @@ def _packed_variants(
     }
 
 
-def _rows(section: str, shape: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"section": section, "shape": shape, **row} for row in results]
-
 
 def run_benchmarks(
     device: torch.device | str = "cpu", sizes: BenchSizes | None = None, repeats: int = 10, warmup: int = 2
@@ -92,7 +89,7 @@ def run_benchmarks(
         scale = (torch.rand(sizes.mm_out, generator=gen) + 0.5).to(dev) / 2**bits
         zero = torch.full((sizes.mm_out,), float(2 ** (bits - 1)), device=dev)
         dense = dequantize_packed(packed, scale, zero, bits, sizes.mm_in).to(dt)
-        rows += _rows(
+        rows += section_rows(
             f"packed_matmul_{bits}bit",
             f"B={sizes.mm_batch} {sizes.mm_out}x{sizes.mm_in}",
             compare(_packed_variants(x, dense, packed, scale, zero, bits), baseline="dense_dequantized",
@@ -104,7 +101,7 @@ def run_benchmarks(
     a_pm = torch.where(a >= 0, 1.0, -1.0).to(dev, dt)
     b_pm = torch.where(b >= 0, 1.0, -1.0).to(dev, dt)
     a_bits, b_bits = pack_signs(a).to(dev), pack_signs(b).to(dev)
-    rows += _rows(
+    rows += section_rows(
         "binary_matmul",
         f"{sizes.bin_m}x{sizes.bin_k} @ {sizes.bin_k}x{sizes.bin_n}",
         compare(
@@ -116,7 +113,7 @@ def run_benchmarks(
     xs = torch.relu(torch.randn(sizes.dfsq_batch, sizes.dfsq_channels, sizes.dfsq_size, sizes.dfsq_size, generator=gen))
     points = torch.sort(torch.rand(sizes.dfsq_channels, sizes.dfsq_points, generator=gen), dim=1).values
     xs, points = xs.to(dev, dt), points.to(dev, dt)
-    rows += _rows(
+    rows += section_rows(
         "dfsq_quantize",
         f"{sizes.dfsq_batch}x{sizes.dfsq_channels}x{sizes.dfsq_size}x{sizes.dfsq_size} P={sizes.dfsq_points}",
         compare(

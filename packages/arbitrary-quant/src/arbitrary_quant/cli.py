@@ -40,6 +40,7 @@ from slimkit.bench import rows_text
 from slimkit.cli import (
     add_common,
     at_least,
+    bench_command,
     dispatching_main,
     make_parser,
     positive,
@@ -409,13 +410,8 @@ def _calibrate_human(r: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    at_least("repeats", args.repeats, 1)
-    device = resolve_device(args.device)
-    target = check_output_file(args.output, (".json",)) if args.output else None
-    result = run_benchmarks(device, BenchSizes.quick() if args.quick else BenchSizes(), repeats=args.repeats)
-    if target is not None:
-        save_json(target, result)
-    return result
+    return bench_command(args, lambda device, quick, repeats: run_benchmarks(
+        device, BenchSizes.quick() if quick else BenchSizes(), repeats=repeats))
 
 
 def _csv(text: str, what: str) -> list[str]:

@@ -34,7 +34,7 @@ from qdetr.models import tiny_detr
 from qdetr.quantize import apply_qdetr, calibrate
 from qdetr.reference import DA_EPS, MU_GIOU, MU_L1
 from qdetr.training import LossFn, detr_loss, qdetr_loss
-from slimkit.bench import compare, env_header
+from slimkit.bench import compare, env_header, section_rows
 from slimkit.quant import lsq_fake_quant
 
 __all__ = ["BenchSizes", "detr_matcher_score", "run_benchmarks", "unfused_aligned_quantize"]
@@ -65,9 +65,6 @@ def unfused_aligned_quantize(q: Tensor, gamma: Tensor, beta: Tensor, step: Tenso
     y = F.layer_norm(q, (q.shape[-1],), gamma, beta, eps=DA_EPS)
     return lsq_fake_quant(y, step, -qmax - 1, qmax, offset=offset)
 
-
-def _rows(section: str, shape: str, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"section": section, "shape": shape, **row} for row in results]
 
 
 def _random_boxes(n: int, gen: torch.Generator) -> Tensor:
@@ -113,7 +110,7 @@ def _training_steps(sizes: BenchSizes, repeats: int, warmup: int) -> list[dict[s
         "qdetr_4_4_8": _step_fn(distilled, qdetr_loss(copy.deepcopy(fp).eval(), DRDConfig()), batch),
     }
     shape = f"tiny DETR, {sizes.step_batch} images 64x64"
-    return _rows("train_step", shape, compare(steps, baseline="fp", warmup=warmup, repeats=repeats))
+    return section_rows("train_step", shape, compare(steps, baseline="fp", warmup=warmup, repeats=repeats))
 
 
 def run_benchmarks(
@@ -128,7 +125,7 @@ def run_benchmarks(
 
     student, teacher = (_random_boxes(sizes.boxes, gen).to(dev, dt) for _ in range(2))
     mu_g, mu_l = MU_GIOU, MU_L1
-    rows += _rows(
+    rows += section_rows(
         "match_score", f"{sizes.boxes}x{sizes.boxes} boxes",
         compare({"detr_matcher": lambda: detr_matcher_score(student.float(), teacher.float(), mu_g, mu_l),
                  "match_score": lambda: ops.match_score(student, teacher, mu_g, mu_l)},
@@ -142,7 +139,7 @@ def run_benchmarks(
     step = torch.full((d,), 0.25, device=dev, dtype=dt)
     offset = torch.zeros(d, device=dev, dtype=dt)
     qmax = 127
-    rows += _rows(
+    rows += section_rows(
         "aligned_quantize", f"{sizes.query_rows}x{d} queries, 8 bits",
         compare({"unfused_torch": lambda: unfused_aligned_quantize(q, gamma, beta, step, offset, qmax),
                  "aligned_quantize": lambda: ops.aligned_quantize(q, gamma, beta, step, offset, -qmax - 1, qmax)},

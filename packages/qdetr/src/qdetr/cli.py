@@ -28,7 +28,16 @@ from qdetr.quickstart import run as run_demo
 from qdetr.training import METHODS, SCHEDULES, FitSettings, fit
 from qdetr.visualize import check_query_models, detections_png, query_distribution_png
 from slimkit.bench import rows_text
-from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report, resolve_device
+from slimkit.cli import (
+    add_common,
+    at_least,
+    bench_command,
+    dispatching_main,
+    make_parser,
+    positive,
+    report,
+    resolve_device,
+)
 from slimkit.errors import BadInputError
 from slimkit.io import config_to_dict, save_json
 from slimkit.paths import check_output_dir, check_output_file, claim_output_dir
@@ -260,13 +269,8 @@ def _bops_human(r: dict[str, Any]) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
-    at_least("repeats", args.repeats, 1)
-    device = resolve_device(args.device)
-    target = check_output_file(args.output, (".json",)) if args.output else None
-    result = run_benchmarks(device, BenchSizes.quick() if args.quick else BenchSizes(), repeats=args.repeats)
-    if target is not None:
-        save_json(target, result)
-    return result
+    return bench_command(args, lambda device, quick, repeats: run_benchmarks(
+        device, BenchSizes.quick() if quick else BenchSizes(), repeats=repeats))
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
