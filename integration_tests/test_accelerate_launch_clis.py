@@ -74,12 +74,13 @@ def test_two_launched_processes_form_one_group_on_cpu(tmp_path: Path) -> None:
     """slimkit.train.process_state: on a GPU-less machine each launched process is one rank of two, not rank 0 of 1
     (a bare PartialState() there made two independent runs race on one output folder)."""
     script = tmp_path / "ranks.py"
-    script.write_text(
+    script.write_text(  # one file per process: two processes printing at once interleave their lines
+        "from pathlib import Path\n"
         "from slimkit.train import process_state\n"
         "s = process_state()\n"
-        "print(s.process_index, s.num_processes, flush=True)\n"
+        "Path(f'rank{s.process_index}.txt').write_text(f'{s.process_index} {s.num_processes}')\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*LAUNCH, str(script)], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(proc.stdout.split("\n")[:2]) == ["0 2", "1 2"]
+    assert sorted(p.read_text() for p in tmp_path.glob("rank*.txt")) == ["0 2", "1 2"]
