@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import slimkit.ops as ops
 from slimkit.errors import BadInputError
+from slimkit.reference import cosine_topk_reference
 from slimkit.retrieval import cosine_topk
 
 
@@ -79,3 +81,29 @@ def test_ties_at_the_topk_cut_inside_one_chunk_keep_lower_indices() -> None:
     keys = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     _, idx = cosine_topk(torch.tensor([[1.0, 0.0]]), keys, 2)
     assert idx.tolist() == [[1, 3]]
+
+
+def test_cpu_tensors_stay_on_the_reference_even_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def boom(*args: object) -> object:
+        raise AssertionError("the Triton path ran for CPU tensors")
+
+    monkeypatch.setattr(ops, "_cosine_topk_op", boom)
+    q, keys = torch.randn(3, 8), torch.randn(50, 8)
+    s, i = cosine_topk(q, keys, 4)
+    rs, ri = cosine_topk_reference(q, keys, 4)
+    assert torch.equal(i, ri) and torch.equal(s, rs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cuda_runs_the_kernel_and_matches_the_reference(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    q = torch.randn(300, 256, device="cuda", dtype=dtype)
+    keys = torch.randn(50_000, 256, device="cuda", dtype=dtype)
+    s, i = cosine_topk(q, keys, 20)
+    rs, _ = cosine_topk_reference(q.float(), keys.float(), 20)
+    torch.testing.assert_close(s.float(), rs, rtol=0, atol=2e-3 if dtype == torch.float16 else 1e-5)
+    true = torch.nn.functional.normalize(q.float(), dim=1) @ torch.nn.functional.normalize(keys.float(), dim=1).T
+    torch.testing.assert_close(true.gather(1, i), s.float(), rtol=0, atol=2e-3 if dtype == torch.float16 else 1e-5)

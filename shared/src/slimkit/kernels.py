@@ -23,7 +23,9 @@ import torch
 T = TypeVar("T")
 
 __all__ = [
+    "COSINE_TOPK_MAX_K",
     "autotune_configs",
+    "cosine_topk_triton",
     "compile_ahead_of_time",
     "interpret_mode",
     "l2_normalize_rows_triton",
@@ -180,3 +182,122 @@ def l2_normalize_rows_triton(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor
 
     _l2_kernel()[grid](x2, out, n_rows, n_cols, eps, BLOCK_COLS=block_cols)
     return out.view_as(x)
+
+
+# --------------------------------------------------------------------------- cosine top-k
+# Blockwise cosine top-k (unidg's kNN graph, memochat's memo prefilter): each program scores a
+# block of queries against one split of the keys, BLOCK_N keys at a time, and keeps a running
+# top-k in registers, so the Q x N score matrix never exists; splits are merged afterwards.
+
+COSINE_TOPK_MAX_K = 128
+
+
+def _build_cosine_topk_kernel() -> Any:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(  # type: ignore[no-untyped-def]
+        q_ptr, k_ptr, out_s_ptr, out_i_ptr, n_q, n_k, dim, keys_per_split, stride_q, stride_k, eps,
+        NORMALIZE: tl.constexpr, K: tl.constexpr, KP: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        pid_q = tl.program_id(0)
+        split = tl.program_id(1)
+        n_splits = tl.num_programs(1)
+        rows = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        row_ok = rows < n_q
+        slots = tl.arange(0, KP)
+        lanes = tl.arange(0, BLOCK_N)
+        neg = float("-inf")
+        best_s = tl.full((BLOCK_Q, KP), neg, tl.float32)
+        best_i = tl.full((BLOCK_Q, KP), -1, tl.int32)
+        start = split * keys_per_split
+        stop = tl.minimum(start + keys_per_split, n_k)
+        for n0 in range(start, stop, BLOCK_N):
+            cols = n0 + lanes
+            col_ok = cols < stop
+            acc = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
+            sq = tl.zeros((BLOCK_N,), tl.float32)
+            for d0 in range(0, dim, BLOCK_D):
+                ds = d0 + tl.arange(0, BLOCK_D)
+                d_ok = ds < dim
+                qb = tl.load(q_ptr + rows[:, None] * stride_q + ds[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                kb = tl.load(k_ptr + cols[:, None] * stride_k + ds[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                acc += tl.dot(qb, tl.trans(kb), input_precision=PRECISION)
+                if NORMALIZE:
+                    k32 = kb.to(tl.float32)
+                    sq += tl.sum(k32 * k32, axis=1)
+            if NORMALIZE:
+                acc = acc / tl.maximum(tl.sqrt(sq), eps)[None, :]
+            tile = tl.where(col_ok[None, :], acc, neg)
+            # The k-th best so far; a tile only matters where it beats it (later keys lose ties).
+            kth = tl.max(tl.where(slots[None, :] == K - 1, best_s, neg), axis=1)
+            if tl.max(tl.sum((tile > kth[:, None]).to(tl.int32), axis=1), axis=0) > 0:
+                run_s = best_s
+                run_i = best_i
+                new_s = tl.full((BLOCK_Q, KP), neg, tl.float32)
+                new_i = tl.full((BLOCK_Q, KP), -1, tl.int32)
+                for j in range(K):
+                    m_run = tl.max(run_s, axis=1)
+                    a_run = tl.argmax(run_s, axis=1)
+                    m_tile = tl.max(tile, axis=1)
+                    a_tile = tl.argmax(tile, axis=1)
+                    take_run = m_run >= m_tile
+                    i_run = tl.max(tl.where(slots[None, :] == a_run[:, None], run_i, -1), axis=1)
+                    new_s = tl.where(slots[None, :] == j, tl.where(take_run, m_run, m_tile)[:, None], new_s)
+                    new_i = tl.where(slots[None, :] == j, tl.where(take_run, i_run, n0 + a_tile)[:, None], new_i)
+                    run_s = tl.where((slots[None, :] == a_run[:, None]) & take_run[:, None], neg, run_s)
+                    tile = tl.where((lanes[None, :] == a_tile[:, None]) & ~take_run[:, None], neg, tile)
+                best_s = new_s
+                best_i = new_i
+        out = (rows[:, None] * n_splits + split) * KP + slots[None, :]
+        tl.store(out_s_ptr + out, best_s, mask=row_ok[:, None])
+        tl.store(out_i_ptr + out, best_i, mask=row_ok[:, None])
+
+    return kernel
+
+
+_cosine_topk_kernel = lazy_kernel(_build_cosine_topk_kernel)
+
+
+def cosine_topk_triton(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, normalized: bool = False, eps: float = 1e-12,
+    block_n: int = 64, splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per-split candidates ``(scores [Q, S, KP] fp32, indices [Q, S, KP] int32)`` of the cosine top-``k``.
+
+    ``queries`` must already have unit rows (the caller normalises them once); ``keys`` are
+    normalised on the fly unless ``normalized``. Each of the ``S`` key splits yields its ``k`` best
+    per query, best first, lower index first among ties, padded to ``KP = next_pow2(k)`` with
+    ``-inf`` / ``-1``; merging the splits (:func:`slimkit.reference.ordered_topk`) gives the exact
+    result. fp32 inputs use IEEE products (no TF32, which would reorder close neighbours).
+    """
+    require_triton("cosine_topk_triton")
+    import triton
+
+    if not 1 <= k <= COSINE_TOPK_MAX_K:
+        raise ValueError(f"cosine_topk_triton supports 1 <= k <= {COSINE_TOPK_MAX_K}, got {k}")
+    if queries.dtype not in (torch.float16, torch.float32, torch.bfloat16) or keys.dtype != queries.dtype:
+        raise TypeError(f"queries and keys need one float dtype, got {queries.dtype} and {keys.dtype}")
+    q = queries.contiguous()
+    kt = keys.contiguous()
+    n_q, dim = q.shape
+    n_k = kt.shape[0]
+    block_q = 16
+    block_d = min(64, max(16, triton.next_power_of_2(dim)))
+    kp = max(16, triton.next_power_of_2(k))
+    q_blocks = triton.cdiv(n_q, block_q)
+    if splits is None:
+        programs = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2
+        splits = max(1, min(triton.cdiv(n_k, block_n), programs // q_blocks))
+    per_split = triton.cdiv(triton.cdiv(n_k, splits), block_n) * block_n
+    splits = triton.cdiv(n_k, per_split)
+    out_s = torch.empty((n_q, splits, kp), dtype=torch.float32, device=q.device)
+    out_i = torch.empty((n_q, splits, kp), dtype=torch.int32, device=q.device)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _cosine_topk_kernel()[(q_blocks, splits)](
+        q, kt, out_s, out_i, n_q, n_k, dim, per_split, q.stride(0), kt.stride(0), eps,
+        NORMALIZE=not normalized, K=k, KP=kp, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=precision,
+    )  # fmt: skip
+    return out_s, out_i

@@ -12,11 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from slimkit.kernels import l2_normalize_rows_triton, triton_available, use_triton
-from slimkit.reference import l2_normalize_rows_reference
+from slimkit.kernels import (
+    COSINE_TOPK_MAX_K,
+    cosine_topk_triton,
+    l2_normalize_rows_triton,
+    triton_available,
+    use_triton,
+)
+from slimkit.reference import cosine_topk_reference, l2_normalize_rows_reference, ordered_topk
 
-__all__ = ["l2_normalize_rows"]
+__all__ = ["cosine_topk_dispatch", "cosine_topk_via_triton", "l2_normalize_rows"]
 
 
 @torch.library.custom_op("slimkit::l2_normalize_rows", mutates_args=())
@@ -62,3 +69,55 @@ def l2_normalize_rows(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     if use_triton(x):
         return _l2_normalize_rows_op(x, eps)
     return l2_normalize_rows_reference(x, eps)
+
+
+# --------------------------------------------------------------------------- cosine top-k
+
+
+def cosine_topk_via_triton(queries: torch.Tensor, keys: torch.Tensor, k: int, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path of :func:`cosine_topk_dispatch`: normalise the queries once, run the blockwise
+    kernel, merge its per-split candidates exactly; scores in the promoted input dtype, int64 indices."""
+    dtype = torch.promote_types(queries.dtype, keys.dtype)
+    qn = F.normalize(queries.to(dtype), dim=1)
+    s, i = cosine_topk_triton(qn, keys.to(dtype), k, normalized=normalized)
+    kk = min(k, keys.shape[0])
+    scores, index = ordered_topk(s.flatten(1), i.flatten(1).long(), kk)
+    return scores.to(dtype), index
+
+
+@torch.library.custom_op("slimkit::cosine_topk", mutates_args=())
+def _cosine_topk_op(queries: torch.Tensor, keys: torch.Tensor, k: int, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return cosine_topk_reference(queries, keys, k, normalized=normalized)
+
+
+@_cosine_topk_op.register_fake
+def _(queries: torch.Tensor, keys: torch.Tensor, k: int, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    kk = min(k, keys.shape[0])
+    dtype = torch.promote_types(queries.dtype, keys.dtype)
+    return queries.new_empty((queries.shape[0], kk), dtype=dtype), queries.new_empty((queries.shape[0], kk), dtype=torch.long)
+
+
+@torch.library.register_kernel("slimkit::cosine_topk", "cuda")
+def _(queries: torch.Tensor, keys: torch.Tensor, k: int, normalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if triton_available():
+        return cosine_topk_via_triton(queries, keys, k, normalized)
+    return cosine_topk_reference(queries, keys, k, normalized=normalized)
+
+
+def cosine_topk_dispatch(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096, normalized: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked ``[Q, D]`` queries and ``[N, D]`` keys to their cosine top-``k``: the Triton kernel for
+    float CUDA tensors (``k <= 128``), the chunked reference everywhere else.
+
+    Unlike the other ops, CPU tensors under ``TRITON_INTERPRET=1`` stay on the reference: the
+    interpreter would make every kNN graph in the test suite crawl; the kernel's own tests call
+    :func:`cosine_topk_via_triton` directly.
+    """
+    floats = (torch.float16, torch.float32, torch.bfloat16)
+    if (
+        queries.is_cuda and keys.is_cuda and queries.dtype in floats and keys.dtype in floats
+        and keys.shape[0] > 0 and k <= COSINE_TOPK_MAX_K and use_triton(queries, keys)
+    ):  # fmt: skip
+        return _cosine_topk_op(queries, keys, k, normalized)
+    return cosine_topk_reference(queries, keys, k, chunk=chunk, normalized=normalized)
