@@ -214,7 +214,7 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
                               "ground_truth": len(item["boxes"])}  # fmt: skip
     if args.render:
         try:
-            result["render_png"] = str(render_open3d(out / "render.png", item["points"].numpy(), pred["boxes"]))
+            result["render_png"] = str(render_open3d(out / "render.png", item["points"].numpy(), pred["boxes"], truth=item["boxes"].numpy()))
         except RuntimeError as exc:
             result["render_skipped"] = str(exc)
     return result

@@ -56,8 +56,16 @@ def bev_png(
     return save_png(fig, path, dpi=110)
 
 
-def render_open3d(path: str | Path, points: NDArray[np.floating], boxes: NDArray[np.floating], size: int = 640) -> Path:
-    """An off-screen open3d render of the points and boxes (``RuntimeError`` when no renderer is available)."""
+def render_open3d(
+    path: str | Path, points: NDArray[np.floating], boxes: NDArray[np.floating], size: int = 640,
+    truth: NDArray[np.floating] | None = None,
+) -> Path:  # fmt: skip
+    """An off-screen open3d render of the points (grey), boxes (red) and optional ground truth (green),
+    seen from above and behind.
+
+    Needs a working off-screen renderer: a GPU, or Mesa's software Vulkan (``libvulkan1``,
+    ``mesa-vulkan-drivers``); ``RuntimeError`` names what is missing otherwise.
+    """
     import open3d as o3d
     from open3d.visualization import rendering
 
@@ -65,16 +73,36 @@ def render_open3d(path: str | Path, points: NDArray[np.floating], boxes: NDArray
         renderer = rendering.OffscreenRenderer(size, size)
     except Exception as exc:  # pragma: no cover - depends on the machine's GPU / Vulkan stack
         raise RuntimeError(f"open3d off-screen rendering is unavailable: {exc}") from exc
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points)[:, :3].astype(np.float64)))
-    material = rendering.MaterialRecord()
-    material.shader = "defaultUnlit"
-    renderer.scene.add_geometry("points", cloud, material)
-    for i, b in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 7)):
-        rot = o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, float(b[6])))
-        obb = o3d.geometry.OrientedBoundingBox(b[:3], rot, b[3:6])
-        lines = o3d.geometry.LineSet.create_from_oriented_bounding_box(obb)
-        renderer.scene.add_geometry(f"box{i}", lines, material)
-    renderer.setup_camera(60.0, [0.0, 0.0, 0.0], [-20.0, -20.0, 25.0], [0.0, 0.0, 1.0])
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    renderer.scene.set_background([1.0, 1.0, 1.0, 1.0])
+    renderer.scene.view.set_post_processing(False)  # no tone mapping: white stays white, colours stay as painted
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz))
+    cloud.colors = o3d.utility.Vector3dVector(np.tile([0.35, 0.35, 0.4], (len(xyz), 1)))
+    dots = rendering.MaterialRecord()
+    dots.shader = "defaultUnlit"
+    dots.point_size = 2.0
+    renderer.scene.add_geometry("points", cloud, dots)
+    edges = rendering.MaterialRecord()
+    edges.shader = "unlitLine"
+    edges.line_width = 2.0
+    drawn = [] if truth is None else [(np.asarray(truth, dtype=np.float64).reshape(-1, 7), (0.1, 0.65, 0.2))]
+    drawn.append((np.asarray(boxes, dtype=np.float64).reshape(-1, 7), (0.9, 0.1, 0.1)))  # predictions on top
+    for g, (group, colour) in enumerate(drawn):
+        for i, b in enumerate(group):
+            obb = o3d.geometry.OrientedBoundingBox(b[:3], o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, float(b[6]))), b[3:6])
+            obb.color = colour
+            lines = o3d.geometry.LineSet.create_from_oriented_bounding_box(obb)
+            lines.colors = o3d.utility.Vector3dVector(np.tile(colour, (len(lines.lines), 1)))
+            renderer.scene.add_geometry(f"box{g}_{i}", lines, edges)
+    box_arr = np.concatenate([group for group, _ in drawn])
+    if len(box_arr):  # frame the boxes (the scan's far rings would make them tiny)
+        centre = box_arr[:, :3].mean(axis=0)
+        reach = max(5.0, 1.3 * float((np.abs(box_arr[:, :2] - centre[:2]) + box_arr[:, 3:5]).max()))
+    else:
+        centre = xyz.mean(axis=0) if len(xyz) else np.zeros(3)
+        reach = float(np.abs(xyz[:, :2] - centre[:2]).max()) if len(xyz) else 10.0
+    eye = centre + np.array([-0.9 * reach, -0.9 * reach, 0.8 * reach])
+    renderer.setup_camera(60.0, centre.tolist(), eye.tolist(), [0.0, 0.0, 1.0])
     image = renderer.render_to_image()
     out = Path(path)
     if not o3d.io.write_image(str(out), image):  # type: ignore[arg-type]
