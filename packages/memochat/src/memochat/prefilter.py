@@ -24,6 +24,7 @@ import torch
 
 from memochat.store import Memo, MemoStore
 from slimkit.errors import BadInputError
+from slimkit.reference import ordered_topk
 from slimkit.retrieval import cosine_topk
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -85,7 +86,8 @@ class MemoIndex:
         self.user, self.session = user, session
         self.memos: list[Memo] = []
         self.stamp: tuple[int, int, int] = (-1, -1, -1)
-        self.emb: torch.Tensor | None = None
+        self.emb: torch.Tensor | None = None  # a view of the first len(memos) rows of _buffer
+        self._buffer: torch.Tensor | None = None  # grows by doubling, so appending a memo copies its row, not the matrix
         self._bm25: Any = None
 
     def refresh(self, store: MemoStore) -> None:
@@ -117,7 +119,14 @@ class MemoIndex:
                 m.embedding = v
             store.set_embeddings([(m.id, v) for m, v in zip(missing, vecs)], embedder.name)
         block = torch.from_numpy(np.stack([np.asarray(m.embedding, dtype=np.float32) for m in rest]))
-        self.emb = block if self.emb is None else torch.cat([self.emb, block])
+        need = have + block.shape[0]
+        if self._buffer is None or self.emb is None or self._buffer.shape[0] < need or self._buffer.shape[1] != block.shape[1]:
+            grown = torch.empty((max(need, 2 * (self._buffer.shape[0] if self._buffer is not None else 0), 64), block.shape[1]))
+            if self.emb is not None and have:
+                grown[:have] = self.emb
+            self._buffer = grown
+        self._buffer[have:need] = block
+        self.emb = self._buffer[:need]
         return self.emb
 
     def bm25(self) -> Any:
@@ -149,18 +158,21 @@ def prefilter(query: str, candidates: list[Memo], k: int, *, index: MemoIndex | 
         else:
             keys = torch.from_numpy(embedder.encode([m.option for m in candidates])) if candidates else torch.zeros((0, embedder.dim))
         timings["embed_s"] = time.perf_counter() - t
-        if extra:
-            keys = torch.cat([keys, torch.from_numpy(q[1:])])
-        _, idx = cosine_topk(torch.from_numpy(q[0]), keys, k, chunk=max(1, keys.shape[0]), normalized=True)  # unit vectors, one block
-        chosen = sorted(int(i) for i in idx)
+        qvec = torch.from_numpy(q[0])
+        scores, idx = cosine_topk(qvec[None], keys, k, chunk=max(1, keys.shape[0]), normalized=True)  # unit vectors, one block
+        if extra:  # this turn's memos are scored apart and merged, so the stored matrix is never copied
+            extra_scores = (torch.from_numpy(q[1:]) @ qvec)[None]
+            extra_idx = torch.arange(len(candidates), total)[None]
+            scores, idx = ordered_topk(torch.cat([scores, extra_scores], 1), torch.cat([idx, extra_idx], 1), k)
+        chosen = sorted(int(i) for i in idx[0])
     else:
         tokens = words(query) or ["_"]
         if index is not None and not extra:
-            scores = np.asarray(index.bm25().get_scores(tokens))
+            bm25 = np.asarray(index.bm25().get_scores(tokens))
         else:
             from rank_bm25 import BM25Okapi
 
-            scores = np.asarray(BM25Okapi([words(m.option) or ["_"] for m in pool]).get_scores(tokens))
-        order = np.argsort(-scores, kind="stable")[:k]
+            bm25 = np.asarray(BM25Okapi([words(m.option) or ["_"] for m in pool]).get_scores(tokens))
+        order = np.argsort(-bm25, kind="stable")[:k]
         chosen = sorted(int(i) for i in order)
     return [pool[i] for i in chosen], timings
