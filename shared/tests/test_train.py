@@ -287,15 +287,18 @@ class LrRecorder:
         self.lrs.append(ctx.optimizer.param_groups[0]["lr"])
 
 
-@pytest.mark.parametrize("scheduler", ["constant", "cosine"])
+@pytest.mark.parametrize("scheduler", ["constant", "cosine", "step"])
 def test_warmup_then_schedule_gives_the_rate_of_every_step(tmp_path: Path, scheduler: str) -> None:
     rec = LrRecorder()
     lr, low, warm, total = 0.1, 0.01, 4, 12
-    train(_model(), _data(), _cfg(tmp_path, lr=lr, min_lr=low, warmup_steps=warm, max_steps=total, scheduler=scheduler), callbacks=[rec])
+    cfg = _cfg(tmp_path, lr=lr, min_lr=low, warmup_steps=warm, max_steps=total, scheduler=scheduler, step_at=0.75, step_gamma=0.2)
+    train(_model(), _data(), cfg, callbacks=[rec])
     expected = [lr * (i + 1) / warm for i in range(warm)]
     for i in range(warm, total):
         if scheduler == "constant":
             expected.append(lr)
+        elif scheduler == "step":  # 6 of the 8 post-warm-up steps at lr, then lr x 0.2
+            expected.append(lr if i < warm + 6 else 0.2 * lr)
         else:
             expected.append(low + (lr - low) * 0.5 * (1 + math.cos(math.pi * (i - warm) / (total - warm))))
     assert rec.lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)

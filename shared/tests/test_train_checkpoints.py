@@ -244,7 +244,9 @@ def test_epoch_sampler_order_is_a_fixed_function_of_seed_and_epoch() -> None:
         ("grad_accum_steps", 0, "grad_accum_steps must be >= 1, got 0"),
         ("mixed_precision", "fp8", "mixed_precision must be one of ('auto', 'no', 'fp16', 'bf16'), got 'fp8'"),
         ("optimizer", "adam", "optimizer must be 'adamw' or 'sgd', got 'adam'"),
-        ("scheduler", "linear", "scheduler must be 'cosine' or 'constant', got 'linear'"),
+        ("scheduler", "linear", "scheduler must be one of cosine, constant, step, got 'linear'"),
+        ("step_at", 1.0, "step_at must be in (0, 1) and step_gamma in (0, 1], got 1.0 and 0.1"),
+        ("step_gamma", 0.0, "step_at must be in (0, 1) and step_gamma in (0, 1], got 0.6666666666666666 and 0.0"),
     ],
 )
 def test_config_validation_messages(field: str, value: Any, message: str) -> None:

@@ -47,6 +47,8 @@ from slimkit.progress import progress
 
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 _PRECISIONS = ("auto", "no", "fp16", "bf16")
+#: Learning-rate schedules after the linear warm-up: cosine decay, constant, or one step drop (DETR's 200 of 300 epochs).
+SCHEDULERS = ("cosine", "constant", "step")
 _STATE_FILE = "trainer_state.json"
 
 
@@ -61,8 +63,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adamw"
-    scheduler: str = "cosine"
+    scheduler: str = "cosine"  # or "constant", or "step": lr x step_gamma once step_at of the post-warm-up steps are done
     min_lr: float = 0.0
+    step_at: float = 2 / 3
+    step_gamma: float = 0.1
     warmup_steps: int = 0
     mixed_precision: str = "auto"
     checkpoint_every: int = 0
@@ -88,8 +92,10 @@ class TrainConfig:
             raise BadInputError(f"mixed_precision must be one of {_PRECISIONS}, got {self.mixed_precision!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise BadInputError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
-        if self.scheduler not in ("cosine", "constant"):
-            raise BadInputError(f"scheduler must be 'cosine' or 'constant', got {self.scheduler!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise BadInputError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not 0 < self.step_at < 1 or not 0 < self.step_gamma <= 1:
+            raise BadInputError(f"step_at must be in (0, 1) and step_gamma in (0, 1], got {self.step_at} and {self.step_gamma}")
         if not self.lr > 0:
             raise BadInputError(f"lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "min_lr"):
@@ -192,15 +198,19 @@ def default_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> to
 
 
 def default_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` over the remaining steps (or constant)."""
+    """Linear warm-up, then cosine from ``lr`` to ``min_lr`` over the remaining steps, constant, or
+    ``"step"``: ``lr`` until ``step_at`` of the remaining steps, ``lr x step_gamma`` after."""
     total, warm = config.max_steps, config.warmup_steps
     floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+    drop_at = warm + round(config.step_at * (total - warm))
 
     def factor(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
         if config.scheduler == "constant":
             return 1.0
+        if config.scheduler == "step":
+            return 1.0 if step < drop_at else config.step_gamma
         progress = min(1.0, (step - warm) / max(1, total - warm))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
