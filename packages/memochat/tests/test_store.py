@@ -15,7 +15,7 @@ from memochat.backends import ScriptedGenerator
 from memochat.bench import kill_test, two_writers
 from memochat.config import MemoConfig
 from memochat.pipeline import MemoChat
-from memochat.store import MIGRATIONS, SCHEMA_VERSION, MemoStore, NewMemo, TurnConflict
+from memochat.store import MIGRATIONS, SCHEMA_VERSION, MemoStore, NewMemo, NotFound, TurnConflict
 from slimkit.errors import BadInputError, CorruptFileError
 
 
@@ -27,7 +27,7 @@ def _fill(store: MemoStore, scripted: Callable[..., ScriptedGenerator], turns: i
 
 def test_wal_mode_and_schema_version(store: MemoStore) -> None:
     assert store.journal_mode == "wal"
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
 
 
 def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
@@ -44,10 +44,85 @@ def test_migration_from_version_1_keeps_data(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with MemoStore(db) as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION
         (memo,) = store.memos(with_embeddings=True)
         assert (memo.topic, memo.dialogs, memo.embedding) == ("t", ["user: hi"], None)
         assert store.check()["ok"]
+
+
+def test_migration_from_version_2_adds_timestamps(tmp_path: Path) -> None:
+    """Schema 3 (the memo browser's "when written" and "edited"): old memos keep everything, stamps stay empty."""
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    for _, sql in MIGRATIONS[:2]:
+        for statement in (s.strip() for s in sql.split(";")):
+            if statement:
+                conn.execute(statement)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+    conn.execute("INSERT INTO users (name) VALUES ('ana')")
+    conn.execute("INSERT INTO sessions (user_id, name, turn) VALUES (1, 's', 1)")
+    conn.execute("INSERT INTO lines VALUES (1, 0, 'user: hi', 1), (1, 1, 'bot: hello', 1)")
+    conn.execute("INSERT INTO memos (user_id, session_id, topic, summary, dialogs, turn, embedding, embed_model) "
+                 "VALUES (1, 1, 't', 's', '[\"user: hi\"]', 1, ?, 'm')", (np.ones(2, np.float32).tobytes(),))  # fmt: skip
+    conn.commit()
+    conn.close()
+    with MemoStore(db) as store:
+        assert store.schema_version() == 3
+        (old,) = store.memos(with_embeddings=True)
+        assert (old.topic, old.dialogs, old.created_at, old.updated_at) == ("t", ["user: hi"], None, None)
+        assert old.embedding is not None and old.embedding.tolist() == [1.0, 1.0]
+        state = store.session_state("ana", "s")
+        store.commit_turn(state, [NewMemo("new", "fresh", ["user: a"])], None, ["user: a", "bot: b"])
+        assert store.memos()[-1].created_at is not None and store.check()["ok"]
+
+
+def test_edit_search_and_browse(store: MemoStore, scripted: Callable[..., ScriptedGenerator]) -> None:
+    _fill(store, scripted, turns=5, user="ana")
+    _fill(store, scripted, turns=5, user="ben", session="s2")
+    store.commit_turn(store.session_state("ana", "s1"), [NewMemo("Café Zoë", "crème brûlée", ["user: À bientôt"])], None, ["user: x", "bot: y"])
+    assert store.users() == [{"name": "ana", "sessions": 1, "memos": 3}, {"name": "ben", "sessions": 1, "memos": 2}]
+    assert [s["session"] for s in store.sessions("ben")] == ["s2"] and len(store.sessions()) == 2
+    assert [m.topic for m in store.find_memos("ana", "CAFÉ ZOË")] == ["Café Zoë"]  # Unicode case folding
+    assert [m.topic for m in store.find_memos("ana", "à BIENTÔT")] == ["Café Zoë"]  # dialogue lines are searched too
+    assert len(store.find_memos("ana", "  ")) == 3 and store.find_memos("ana", "nothing like it") == []
+    with pytest.raises(NotFound, match="no user named 'zed'"):
+        store.find_memos("zed")
+    with pytest.raises(NotFound, match="no user named 'zed'"):
+        store.sessions("zed")
+
+    memo = store.memos("ana")[0]
+    store.set_embeddings([(memo.id, np.ones(4))], "m")
+    version = store.memo_stamp("ana")[0]
+    edited = store.update_memo(memo.id, topic="  Sister: Ines  ")
+    assert (edited.topic, edited.summary, edited.dialogs) == ("Sister: Ines", memo.summary, memo.dialogs)
+    assert edited.updated_at is not None and edited.created_at == memo.created_at
+    assert store.memo(memo.id).topic == "Sister: Ines"
+    assert store.memo_stamp("ana")[0] == version + 1  # caches reload the new text
+    assert [m.embedding for m in store.memos("ana", with_embeddings=True) if m.id == memo.id] == [None]  # stale vector dropped
+    assert store.memo_stamp("ben")[0] == 0  # nobody else's memos moved
+    for bad, says in (({}, "nothing to change"), ({"topic": " "}, "topic must not be empty"), ({"topic": 3}, "topic must be a string"),
+                      ({"summary": "x" * 4001}, "at most 4000")):  # fmt: skip
+        with pytest.raises(BadInputError, match=says):
+            store.update_memo(memo.id, **bad)
+    with pytest.raises(NotFound, match="no memo with id 9999"):
+        store.update_memo(9999, topic="x")
+    with pytest.raises(NotFound, match="no memo with id 9999"):
+        store.memo(9999)
+    assert store.memo(memo.id).topic == "Sister: Ines" and store.check()["ok"]
+
+
+def test_export_of_one_user(tmp_path: Path, store: MemoStore, scripted: Callable[..., ScriptedGenerator]) -> None:
+    _fill(store, scripted, turns=5, user="ana")
+    _fill(store, scripted, turns=5, user="ben", session="s2")
+    store.update_memo(store.memos("ana")[0].id, summary="corrected")
+    path = tmp_path / "ana.jsonl"
+    store.export_jsonl(path, user="ana")
+    with MemoStore(tmp_path / "copy.db") as copy:
+        assert copy.import_jsonl(path)["user"] == 1
+        assert [m.to_dict() | {"id": 0} for m in copy.memos()] == [m.to_dict() | {"id": 0} for m in store.memos("ana")]
+        assert copy.memos()[0].summary == "corrected" and copy.check()["ok"]
+    with pytest.raises(NotFound):
+        store.export_records("zed")
 
 
 def test_refuses_newer_schema_foreign_sqlite_and_garbage(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from memochat.quickstart import run as run_demo
 from memochat.server import serve
 from memochat.store import MemoStore, read_export
 from memochat.tune import METHODS, plot_curves, tune
+from memochat.web import is_loopback
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, report
 from slimkit.errors import BadInputError
 from slimkit.io import save_json, save_table
@@ -55,12 +57,12 @@ KIND_DEMO = "memochat demo"
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _add_model(p: argparse.ArgumentParser, default: str = "smollm2") -> None:
+def _add_model(p: argparse.ArgumentParser, default: str = "smollm2", key_flags: tuple[str, ...] = ("--api-key", "--model-api-key")) -> None:
     p.add_argument("--model", default=default,
                    help="smollm2 (default local model), tiny (random, smoke tests), an http(s):// OpenAI-compatible "
                         "base URL, a model folder or a .gguf file")  # fmt: skip
     p.add_argument("--model-name", default="default", help="model name sent to an OpenAI-compatible server")
-    p.add_argument("--api-key", default=None, help="bearer token for an OpenAI-compatible server")
+    p.add_argument(*key_flags, dest="model_api_key", default=None, help="bearer token for an OpenAI-compatible model server")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request to a server (default 120)")
     p.add_argument("--template", choices=("auto", "chat", "raw"), default="auto",
                    help="local models: chat template or the official raw prompt (default auto)")  # fmt: skip
@@ -91,7 +93,7 @@ def _generator(args: argparse.Namespace, spec: str | None = None) -> Generator:
     if spec == "oracle":
         return OracleGenerator()
     return load_generator(spec, cache_dir=args.cache_dir, template=args.template, model_name=args.model_name,
-                          api_key=args.api_key, timeout=args.timeout, seed=max(0, getattr(args, "seed", 0)))  # fmt: skip
+                          api_key=args.model_api_key, timeout=args.timeout, seed=max(0, getattr(args, "seed", 0)))  # fmt: skip
 
 
 def _db(path: str, must_exist: bool) -> MemoStore:
@@ -154,13 +156,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     at_least("port", args.port, 0)
+    key = args.api_key if args.api_key is not None else os.environ.get("MEMOCHAT_API_KEY") or None
+    if key is not None and not key.strip():
+        raise BadInputError("--api-key must not be empty")
     cfg = _memo_config(args)
     prompts = load_prompts(args.prompts)
     gen = _generator(args)
     store = _db(args.db, must_exist=False)
-    print(f"memochat: serving {getattr(gen, 'name', 'model')} with memory on http://{args.host}:{args.port}/v1 "
-          f"(database {args.db})", file=sys.stderr)  # fmt: skip
-    serve(MemoChat(gen, store, cfg, prompts), args.host, args.port, args.serve_name)
+    print(f"memochat: serving {getattr(gen, 'name', 'model')} with memory on http://{args.host}:{args.port}/v1, "
+          f"memo browser at http://{args.host}:{args.port}/ (database {args.db})", file=sys.stderr)  # fmt: skip
+    if key is None and not is_loopback(args.host):
+        print(f"memochat: warning: {args.host} is reachable from other machines and no --api-key is set: "
+              "anyone who can connect can read, edit and delete the memos", file=sys.stderr)  # fmt: skip
+    serve(MemoChat(gen, store, cfg, prompts), args.host, args.port, args.serve_name, key)
     return 0
 
 
@@ -188,7 +196,7 @@ def cmd_memos(args: argparse.Namespace) -> int:
             return report(store.memo(args.id).to_dict(), args, _show_human)
         if action == "export":
             assert out is not None
-            n = store.export_jsonl(out)
+            n = store.export_jsonl(out, args.user)
             return report({"exported": n, "file": str(out)}, args)
         if action == "check":
             return report(store.check(), args)
@@ -393,12 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memo(p)
     p.set_defaults(func=cmd_chat)
 
-    p = add_common(sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions with memory"))
+    p = add_common(sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions with memory, and the memo browser at /"))
     p.add_argument("--db", default="memochat.db")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--serve-name", default="memochat", help="model name the server reports")
-    _add_model(p)
+    p.add_argument("--api-key", default=None,
+                   help="bearer token required on /v1 and /api (default: $MEMOCHAT_API_KEY, else none); "
+                        "the model server's own token is --model-api-key")  # fmt: skip
+    _add_model(p, key_flags=("--model-api-key",))
     _add_memo(p)
     p.set_defaults(func=cmd_serve)
 
@@ -409,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                            ("delete", "memos by id, a session or a user"), ("check", "the store's consistency")):  # fmt: skip
         q = add_common(msub.add_parser(name, help=helptext))
         q.add_argument("--db", required=True)
+        if name in ("list", "delete", "export"):
+            q.add_argument("--user", default=None, help="only this user" if name == "export" else None)
         if name in ("list", "delete"):
-            q.add_argument("--user", default=None)
             q.add_argument("--session", default=None)
         if name == "show":
             q.add_argument("id", type=int)

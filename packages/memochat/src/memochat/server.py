@@ -9,7 +9,9 @@ and answers in the OpenAI format, streamed (server-sent events) or not.
 * session: the ``X-Memochat-Session`` header, else ``metadata.session``, else ``default``.
 
 Turns are serialised (one at a time per server process); several server processes may share one
-database (the store keeps them consistent).
+database (the store keeps them consistent). The same app serves the memo browser page at ``/`` and
+its ``/api/`` routes (:mod:`memochat.web`); with an API key, ``/v1`` and ``/api`` need
+``Authorization: Bearer <key>``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,13 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from memochat.backends import BackendError
 from memochat.pipeline import MemoChat, TurnResult
+from memochat.web import LOOPBACK_HOSTS, Guard, add_web, api_error, is_loopback
 from slimkit.errors import BadInputError
-
-
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> Any:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
 
 
 def _who(body: dict[str, Any], headers: Any) -> tuple[str, str]:
@@ -58,9 +57,14 @@ def _input(body: dict[str, Any]) -> str:
     raise BadInputError("the last user message is missing or empty")
 
 
-def create_app(bot: MemoChat, model_name: str = "memochat") -> Any:
-    """The FastAPI app serving ``bot`` (``/v1/chat/completions``, ``/v1/models``, ``/health``)."""
-    app = FastAPI(title="memochat", docs_url=None, redoc_url=None)
+def create_app(bot: MemoChat, model_name: str = "memochat", api_key: str | None = None,
+               hosts: frozenset[str] | None = None) -> Any:  # fmt: skip
+    """The FastAPI app serving ``bot`` (``/v1/chat/completions``, ``/v1/models``, ``/health``, the page
+    at ``/`` and ``/api/``); ``api_key`` set, ``/v1`` and ``/api`` need it as a bearer token; ``hosts``
+    set, requests naming another ``Host`` are refused."""
+    app = FastAPI(title="memochat", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, token=api_key or None, hosts=hosts)
+    add_web(app, bot)
     lock = threading.Lock()
 
     @app.get("/health")
@@ -76,13 +80,13 @@ def create_app(bot: MemoChat, model_name: str = "memochat") -> Any:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
+            return api_error(400, "the request body is not valid JSON")
         if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
+            return api_error(400, "the request body must be a JSON object")
         try:
             text = _input(body)
         except BadInputError as exc:
-            return _error(400, str(exc))
+            return api_error(400, str(exc))
         user, session = _who(body, request.headers)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), str(body.get("model") or model_name)
         if body.get("stream"):
@@ -94,9 +98,9 @@ def create_app(bot: MemoChat, model_name: str = "memochat") -> Any:
         try:
             res = await run_in_threadpool(turn)
         except BackendError as exc:
-            return _error(502, str(exc), "backend_error")
+            return api_error(502, str(exc), "backend_error")
         except BadInputError as exc:
-            return _error(400, str(exc))
+            return api_error(400, str(exc))
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": res.response}, "finish_reason": "stop"}],
@@ -149,6 +153,9 @@ def running_server(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator
         thread.join(timeout=10)
 
 
-def serve(bot: MemoChat, host: str = "127.0.0.1", port: int = 8000, model_name: str = "memochat") -> None:
-    """Run the server in the foreground until interrupted."""
-    uvicorn.run(create_app(bot, model_name), host=host, port=port, log_level="info")
+def serve(bot: MemoChat, host: str = "127.0.0.1", port: int = 8000, model_name: str = "memochat",
+          api_key: str | None = None) -> None:  # fmt: skip
+    """Run the server in the foreground until interrupted. On a loopback address without a key, only
+    loopback ``Host`` names are answered: a web page that rebinds its own DNS name to 127.0.0.1 gets 403."""
+    hosts = LOOPBACK_HOSTS if api_key is None and is_loopback(host) else None
+    uvicorn.run(create_app(bot, model_name, api_key, hosts), host=host, port=port, log_level="info")

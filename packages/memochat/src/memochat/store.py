@@ -8,6 +8,10 @@ serialised by the session's turn counter (optimistic concurrency): a commit made
 raises :class:`TurnConflict` and the caller recomputes the turn.
 
 The schema carries a version in ``meta``; :data:`MIGRATIONS` upgrade older files in place.
+
+The memo browser (``memochat.web``) reads and corrects memos through the same connection: edits and
+deletions are single transactions that bump the user's ``memo_version``, so every cached retrieval
+index reloads before the next turn.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,13 +58,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE memos ADD COLUMN embedding BLOB;
         ALTER TABLE memos ADD COLUMN embed_model TEXT;
     """),
+    (3, """
+        ALTER TABLE memos ADD COLUMN created_at REAL;
+        ALTER TABLE memos ADD COLUMN updated_at REAL;
+    """),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 EXPORT_KIND = "memochat-export"
+#: Longest topic / summary the store accepts from an edit (characters).
+MAX_TOPIC, MAX_SUMMARY = 200, 4000
+_MEMO_COLUMNS = ("m.id, u.name, s.name, m.topic, m.summary, m.dialogs, m.turn, m.retrievable, m.created_at, m.updated_at")
 
 
 class TurnConflict(Exception):
     """Another writer committed a turn of this session first; recompute and try again."""
+
+
+class NotFound(BadInputError):
+    """A user, session or memo that the store does not hold (a 404 for the web API, exit 2 for the CLI)."""
 
 
 @dataclass
@@ -74,6 +90,8 @@ class Memo:
     dialogs: list[str]
     turn: int
     retrievable: bool = True
+    created_at: float | None = None  # unix seconds; None for memos written before schema 3
+    updated_at: float | None = None  # last edit through the memo browser, if any
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -84,7 +102,7 @@ class Memo:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "user": self.user, "session": self.session, "topic": self.topic,
                 "summary": self.summary, "dialogs": list(self.dialogs), "turn": self.turn,
-                "retrievable": self.retrievable}  # fmt: skip
+                "retrievable": self.retrievable, "created_at": self.created_at, "updated_at": self.updated_at}  # fmt: skip
 
 
 @dataclass
@@ -223,13 +241,14 @@ class MemoStore:
                 raise TurnConflict(f"session {state.user}/{state.session} moved past turn {state.turn}")
             turn = state.turn + 1
             ids = []
+            now = time.time()
             for m in memos:
                 blob = None if m.embedding is None else np.asarray(m.embedding, dtype=np.float32).tobytes()
                 cur = c.execute(
-                    "INSERT INTO memos (user_id, session_id, topic, summary, dialogs, turn, retrievable, embedding, embed_model) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO memos (user_id, session_id, topic, summary, dialogs, turn, retrievable, embedding, embed_model, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (state.user_id, state.session_id, m.topic, m.summary, json.dumps(m.dialogs), turn,
-                     int(m.retrievable), blob, m.embed_model))  # fmt: skip
+                     int(m.retrievable), blob, m.embed_model, now))  # fmt: skip
                 ids.append(int(cur.lastrowid or 0))
             if keep_lines is not None:
                 buffer_from = max(state.buffer_from, state.next_seq - keep_lines)
@@ -257,7 +276,7 @@ class MemoStore:
     def memos(self, user: str | None = None, session: str | None = None, after_id: int = 0,
               with_embeddings: bool = False) -> list[Memo]:  # fmt: skip
         """Memos in id order, of one user (and session) or of everyone."""
-        sql = ("SELECT m.id, u.name, s.name, m.topic, m.summary, m.dialogs, m.turn, m.retrievable, "
+        sql = (f"SELECT {_MEMO_COLUMNS}, "
                + ("m.embedding" if with_embeddings else "NULL")
                + " FROM memos m JOIN users u ON u.id = m.user_id JOIN sessions s ON s.id = m.session_id WHERE m.id > ?")  # fmt: skip
         args: list[Any] = [after_id]
@@ -269,14 +288,62 @@ class MemoStore:
             args.append(session)
         with self._lock:
             rows = self.conn.execute(sql + " ORDER BY m.id", args).fetchall()
-        return [Memo(int(r[0]), r[1], r[2], r[3], r[4], json.loads(r[5]), int(r[6]), bool(r[7]),
-                     None if r[8] is None else np.frombuffer(r[8], dtype=np.float32)) for r in rows]  # fmt: skip
+        return [_row_memo(r) for r in rows]
 
     def memo(self, memo_id: int) -> Memo:
-        found = [m for m in self.memos(after_id=memo_id - 1) if m.id == memo_id]
-        if not found:
-            raise BadInputError(f"no memo with id {memo_id}")
-        return found[0]
+        with self._lock:
+            row = self.conn.execute(f"SELECT {_MEMO_COLUMNS}, NULL FROM memos m JOIN users u ON u.id = m.user_id "
+                                    "JOIN sessions s ON s.id = m.session_id WHERE m.id = ?", (memo_id,)).fetchone()  # fmt: skip
+        if row is None:
+            raise NotFound(f"no memo with id {memo_id}")
+        return _row_memo(row)
+
+    def find_memos(self, user: str, text: str = "", session: str | None = None) -> list[Memo]:
+        """The user's memos whose topic, summary or dialogue lines contain ``text`` (case-insensitive,
+        Unicode-aware: done here rather than with SQL ``LIKE``, which folds ASCII only)."""
+        self.user_id(user)
+        memos = self.memos(user, session)
+        needle = text.strip().casefold()
+        if not needle:
+            return memos
+        return [m for m in memos if needle in "\n".join([m.topic, m.summary, *m.dialogs]).casefold()]
+
+    def update_memo(self, memo_id: int, topic: str | None = None, summary: str | None = None) -> Memo:
+        """Correct a memo's topic and/or summary in one transaction. The stored embedding is dropped
+        (it described the old text; the prefilter recomputes it) and the user's ``memo_version`` is
+        bumped so cached retrieval indexes reload before the next turn."""
+        changes: dict[str, str] = {}
+        if topic is not None:
+            changes["topic"] = _clean_text("topic", topic, MAX_TOPIC, allow_empty=False)
+        if summary is not None:
+            changes["summary"] = _clean_text("summary", summary, MAX_SUMMARY, allow_empty=True)
+        if not changes:
+            raise BadInputError("nothing to change: give a topic and/or a summary")
+        with self._write() as c:
+            row = c.execute("SELECT user_id FROM memos WHERE id=?", (memo_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no memo with id {memo_id}")
+            sets = ", ".join(f"{k}=?" for k in changes)
+            c.execute(f"UPDATE memos SET {sets}, embedding=NULL, embed_model=NULL, updated_at=? WHERE id=?",
+                      [*changes.values(), time.time(), memo_id])  # fmt: skip
+            c.execute("UPDATE users SET memo_version = memo_version + 1 WHERE id=?", (row[0],))
+        return self.memo(memo_id)
+
+    def user_id(self, user: str) -> int:
+        """The id of an existing user; :class:`NotFound` names it otherwise."""
+        with self._lock:
+            row = self.conn.execute("SELECT id FROM users WHERE name=?", (user,)).fetchone()
+        if row is None:
+            raise NotFound(f"no user named {user!r}")
+        return int(row[0])
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user with their session and memo counts, by name."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT u.name, (SELECT count(*) FROM sessions s WHERE s.user_id = u.id), "
+                "(SELECT count(*) FROM memos m WHERE m.user_id = u.id) FROM users u ORDER BY u.name").fetchall()  # fmt: skip
+        return [{"name": r[0], "sessions": int(r[1]), "memos": int(r[2])} for r in rows]
 
     def set_embeddings(self, items: list[tuple[int, np.ndarray]], model: str) -> None:
         """Store embeddings computed later for memos written without one."""
@@ -295,11 +362,15 @@ class MemoStore:
         with self._lock:
             return [r[0] for r in self.conn.execute(sql + " ORDER BY s.id, l.seq", args).fetchall()]
 
-    def sessions(self) -> list[dict[str, Any]]:
+    def sessions(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Sessions (of one existing user, or of everyone) with their turn and memo counts."""
+        where, args = "", []
+        if user is not None:
+            where, args = " WHERE u.id = ?", [self.user_id(user)]
         with self._lock:
             rows = self.conn.execute(
                 "SELECT u.name, s.name, s.turn, (SELECT count(*) FROM memos m WHERE m.session_id = s.id) "
-                "FROM sessions s JOIN users u ON u.id = s.user_id ORDER BY u.name, s.id").fetchall()  # fmt: skip
+                f"FROM sessions s JOIN users u ON u.id = s.user_id{where} ORDER BY u.name, s.id", args).fetchall()  # fmt: skip
         return [{"user": r[0], "session": r[1], "turns": int(r[2]), "memos": int(r[3])} for r in rows]
 
     # ------------------------------------------------------------------ deleting
@@ -316,14 +387,14 @@ class MemoStore:
         with self._write() as c:
             row = c.execute("SELECT id FROM users WHERE name=?", (user,)).fetchone()
             if row is None:
-                raise BadInputError(f"no user named {user!r}")
+                raise NotFound(f"no user named {user!r}")
             if session is None:
                 n = c.execute("SELECT count(*) FROM memos WHERE user_id=?", (row[0],)).fetchone()[0]
                 c.execute("DELETE FROM users WHERE id=?", (row[0],))
                 return int(n)
             srow = c.execute("SELECT id FROM sessions WHERE user_id=? AND name=?", (row[0], session)).fetchone()
             if srow is None:
-                raise BadInputError(f"user {user!r} has no session named {session!r}")
+                raise NotFound(f"user {user!r} has no session named {session!r}")
             n = c.execute("SELECT count(*) FROM memos WHERE session_id=?", (srow[0],)).fetchone()[0]
             c.execute("DELETE FROM sessions WHERE id=?", (srow[0],))
             c.execute("UPDATE users SET memo_version = memo_version + 1 WHERE id=?", (row[0],))
@@ -331,23 +402,27 @@ class MemoStore:
 
     # ------------------------------------------------------------------ export / import / check
 
-    def export_records(self) -> list[dict[str, Any]]:
+    def export_records(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Everything (or one existing user's users / sessions / lines / memos) as import records."""
+        where, args = "", []
+        if user is not None:
+            where, args = " WHERE u.id = ?", [self.user_id(user)]
         with self._lock:
             out: list[dict[str, Any]] = [{"type": EXPORT_KIND, "schema": SCHEMA_VERSION}]
-            out += [{"type": "user", "name": r[0]} for r in self.conn.execute("SELECT name FROM users ORDER BY id")]
+            out += [{"type": "user", "name": r[0]} for r in self.conn.execute(f"SELECT name FROM users u{where} ORDER BY id", args)]
             for r in self.conn.execute("SELECT u.name, s.name, s.turn, s.buffer_from, s.id FROM sessions s "
-                                       "JOIN users u ON u.id = s.user_id ORDER BY s.id").fetchall():  # fmt: skip
+                                       f"JOIN users u ON u.id = s.user_id{where} ORDER BY s.id", args).fetchall():  # fmt: skip
                 out.append({"type": "session", "user": r[0], "name": r[1], "turn": r[2], "buffer_from": r[3]})
                 for seq, text, turn in self.conn.execute("SELECT seq, text, turn FROM lines WHERE session_id=? ORDER BY seq", (r[4],)):
                     out.append({"type": "line", "user": r[0], "session": r[1], "seq": seq, "text": text, "turn": turn})
-        for m in self.memos():
+        for m in self.memos(user):
             d = m.to_dict()
             d.pop("id")
             out.append({"type": "memo", **d})
         return out
 
-    def export_jsonl(self, path: str | Path) -> int:
-        records = self.export_records()
+    def export_jsonl(self, path: str | Path, user: str | None = None) -> int:
+        records = self.export_records(user)
         with atomic_write(path) as f:
             for rec in records:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
@@ -377,8 +452,10 @@ class MemoStore:
                     c.execute("INSERT INTO lines (session_id, seq, text, turn) VALUES (?, ?, ?, ?)", (sid, r["seq"], r["text"], r["turn"]))
                 elif r["type"] == "memo":
                     uid, sid = ids[(r["user"], r["session"])]
-                    c.execute("INSERT INTO memos (user_id, session_id, topic, summary, dialogs, turn, retrievable) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                              (uid, sid, r["topic"], r["summary"], json.dumps(r["dialogs"]), r["turn"], int(r["retrievable"])))  # fmt: skip
+                    c.execute("INSERT INTO memos (user_id, session_id, topic, summary, dialogs, turn, retrievable, created_at, updated_at) "
+                              "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              (uid, sid, r["topic"], r["summary"], json.dumps(r["dialogs"]), r["turn"], int(r["retrievable"]),
+                               r.get("created_at"), r.get("updated_at")))  # fmt: skip
         counts = {k: sum(r["type"] == k for r in records) for k in ("user", "session", "line", "memo")}
         return counts
 
@@ -409,6 +486,24 @@ class MemoStore:
                     problems.append(f"memo {mid}: incomplete")
             counts = {t: int(self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in ("users", "sessions", "lines", "memos")}
         return {"ok": not problems, "problems": problems, "counts": counts, "schema_version": self.schema_version()}
+
+
+def _row_memo(r: Any) -> Memo:
+    """A :class:`Memo` from a ``_MEMO_COLUMNS, embedding`` row."""
+    return Memo(int(r[0]), r[1], r[2], r[3], r[4], json.loads(r[5]), int(r[6]), bool(r[7]), created_at=r[8], updated_at=r[9],
+                embedding=None if r[10] is None else np.frombuffer(r[10], dtype=np.float32))  # fmt: skip
+
+
+def _clean_text(name: str, value: Any, limit: int, allow_empty: bool) -> str:
+    """A memo field from an edit: a string, stripped, within ``limit`` characters, non-empty if required."""
+    if not isinstance(value, str):
+        raise BadInputError(f"{name} must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if not value and not allow_empty:
+        raise BadInputError(f"{name} must not be empty")
+    if len(value) > limit:
+        raise BadInputError(f"{name} is {len(value)} characters long; at most {limit} are allowed")
+    return value
 
 
 def _need(rec: dict[str, Any], where: str, **types: type | tuple[type, ...]) -> None:
@@ -465,6 +560,9 @@ def read_export(path: str | Path) -> list[dict[str, Any]]:
                 _need(rec, where, topic=str, summary=str, dialogs=list, retrievable=bool)
                 if not all(isinstance(d, str) for d in rec["dialogs"]):
                     raise BadInputError(f"{where}: dialogs must be a list of strings; nothing imported")
+                for stamp in ("created_at", "updated_at"):  # schema 3; absent from older exports
+                    if rec.get(stamp) is not None:
+                        _need(rec, where, **{stamp: (int, float)})
         else:
             raise BadInputError(f"{where}: unknown record type {kind!r}; nothing imported")
         records.append(rec)
