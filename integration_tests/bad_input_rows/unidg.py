@@ -85,7 +85,10 @@ ROWS: list[BadInput] = [
     BadInput("cluster-threshold-out-of-range", [*CLUSTER, "--threshold", "2"], expect="threshold must be in",
              setup=_video()),
     BadInput("cluster-unknown-method", [*CLUSTER, "--method", "dbscan"], expect="invalid choice", setup=_video()),
-    BadInput("cluster-infomap-not-installed", [*CLUSTER, "--method", "infomap"], expect="infomap", setup=_video()),
+    BadInput("cluster-learned-edges-without-model", [*CLUSTER, "--edge-score", "learned"], expect="needs --edge-model",
+             setup=_video()),
+    BadInput("cluster-edge-model-missing", [*CLUSTER, "--edge-score", "learned", "--edge-model", "{tmp}/nope"],
+             expect="nope", setup=_video()),
     BadInput("cluster-output-suffix", [U, "cluster", V, "-o", "{tmp}/c.txt"], expect="use one of .json", setup=_video()),
     # ---------------------------------------------------------------- associate / eval / timeline
     BadInput("associate-clusters-missing", [U, "associate", V, "--clusters", "{tmp}/nope.json", "-o", "{tmp}/a.json"],

@@ -34,12 +34,36 @@ def test_pipeline(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["cluster", str(folder), "--method", "kmeans", "--clusters", "3", "-o", str(tmp_path / "k.json")]) == 0
 
 
+def test_learned_edges_end_to_end(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["train-edges", str(folder), "--k", "10", "--epochs", "5", "-o", str(tmp_path / "edges"), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["edges"] > 0 and 0.5 < stats["train_auc"] <= 1
+    assert (tmp_path / "edges" / "model.safetensors").is_file() and (tmp_path / "edges" / "config.json").is_file()
+    out = tmp_path / "c.json"
+    assert main(["cluster", str(folder), "--k", "10", "--edge-score", "learned", "--edge-model", str(tmp_path / "edges"),
+                 "--threshold", "0.5", "-o", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["config"]["edge_score"] == "learned" and result["config"]["edge_model"] == str(tmp_path / "edges")
+    capsys.readouterr()
+    assert main(["eval", str(folder), "--clusters", str(out), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["face"]["bcubed_f"] > 0.5 and 0 < scores["fused"]["bcubed_f"] <= 1
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["cluster", "{v}", "--method", "kmeans", "-o", "{t}/c.json"], "needs --clusters"),
     (["cluster", "{v}", "--k", "0", "-o", "{t}/c.json"], "--k must be >= 1"),
     (["cluster", "{v}", "-o", "{t}/c.txt"], "use one of .json"),
     (["cluster", "{t}/missing", "-o", "{t}/c.json"], "not found"),
     (["eval", "{v}"], "give --clusters"),
+    (["cluster", "{v}", "--edge-score", "learned", "-o", "{t}/c.json"], "needs --edge-model"),
+    (["cluster", "{v}", "--edge-score", "learned", "--edge-model", "{v}", "-o", "{t}/c.json"], "not an edge classifier folder"),
+    (["cluster", "{v}", "--edge-score", "learned", "--edge-model", "{t}/nothing", "-o", "{t}/c.json"], "not found"),
+    (["train-edges", "{t}/missing", "-o", "{t}/e"], "not found"),
+    (["table", "synthetic", "--seeds", "100", "-o", "{t}/s"], "must not overlap"),
+    (["table", "network", "-o", "{t}/s"], "needs --model"),
+    (["table", "network", "--model", "{v}", "-o", "{t}/s"], "not a model folder"),
     (["simulate", "--identities", "1", "-o", "{t}/s"], "identities must be >= 2"),
 ])  # fmt: skip
 def test_bad_inputs_exit_2(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
@@ -55,5 +79,5 @@ def test_parser_dispatches_everything() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     names = set(sub.choices)  # type: ignore[attr-defined]
-    assert {"simulate", "embed", "cluster", "associate", "eval", "timeline", "train", "bench", "table", "demo"} <= names
+    assert {"simulate", "embed", "cluster", "associate", "eval", "timeline", "train", "train-edges", "bench", "table", "demo"} <= names
     assert all(callable(p.get_default("func")) for p in sub.choices.values())  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,12 +70,17 @@ def test_baselines(blobs: tuple[np.ndarray, np.ndarray]) -> None:
         run_method("dbscan", x)
 
 
-def test_infomap_is_optional(blobs: tuple[np.ndarray, np.ndarray]) -> None:
-    try:
-        import infomap  # noqa: F401
-    except ImportError:
-        with pytest.raises(BadInputError, match="pip install"):
-            infomap_baseline(blobs[0])
-    else:  # pragma: no cover - not installed here
-        labels = infomap_baseline(blobs[0], ClusterConfig(k=10, threshold=0.5))
-        assert score(blobs[1], labels).bcubed_f > 0.9
+def test_infomap_recovers_separated_blobs(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = blobs  # 12 tight clusters: Infomap on the thresholded kNN graph finds exactly them
+    labels = infomap_baseline(x, ClusterConfig(k=10, threshold=0.5))
+    s = score(y, labels)
+    assert (s.pairwise_f, s.bcubed_f, s.clusters) == (1.0, 1.0, 12)
+    assert np.array_equal(labels, run_method("infomap", x, ClusterConfig(k=10, threshold=0.5)))  # seeded
+    lone = infomap_baseline(x, ClusterConfig(k=10, threshold=0.9999))  # no edge survives: all singletons
+    assert int(lone.max()) + 1 == 600
+
+
+def test_infomap_missing_package_is_one_line(blobs: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "infomap", None)  # what an environment without the package sees
+    with pytest.raises(BadInputError, match=r"pip install 'unidg\[infomap\]'"):
+        infomap_baseline(blobs[0])

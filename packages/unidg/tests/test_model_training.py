@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from slimkit.errors import BadInputError
+from slimkit.io import save_model
 from unidg.api import attach, detach, example, group
 from unidg.config import ClusterConfig
 from unidg.model import NetConfig, UnifiedNet
 from unidg.render import SAMPLE_RATE, body_crop, face_crop, voice_patch, voice_wave
+from unidg.synth import SynthConfig
+from unidg.tables import network_table
 from unidg.training import CharacterSamples, IdentityHeads, _Trainable, embed_tracks, fit, unidg_loss
 
 
@@ -73,6 +76,30 @@ def test_training_through_slimkit_lowers_the_loss(tmp_path: Path) -> None:
     assert res.steps == 30 and np.isfinite(res.final_loss)
     assert (tmp_path / "run" / "checkpoints" / "final").is_dir()
     assert np.mean([m["loss"] for m in res.metrics[-3:]]) < np.mean([m["loss"] for m in res.metrics[:3]])
+
+
+def test_character_samples_open_set_identities() -> None:
+    data = CharacterSamples(3, 6, seed=0, first_identity=1000)
+    face, _, _, label = data[4]
+    assert int(label) == 4 % 3  # the class index the heads see
+    rng = np.random.default_rng([0, 4, 31])
+    rng.integers(4)  # the outfit draw comes first
+    assert np.array_equal(face.numpy(), face_crop(1001, rng))  # the rendered character is 1000 + label
+    with pytest.raises(BadInputError, match="first_identity"):
+        CharacterSamples(3, 6, first_identity=-1)
+
+
+def test_network_table_scores_trained_features(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = UnifiedNet(NetConfig(dim=16, depth=1, heads=2, embed=16))
+    save_model(tmp_path / "m", net, net.config, {"steps": 0, "identities": 3, "first_identity": 1000})
+    small = SynthConfig(identities=3, extras=1, duration=60.0, dim=16)
+    res = network_table([5], [tmp_path / "m"], synth=small)
+    assert len(res["rows"]) == 2 and len(res["markdown"].splitlines()) == 4
+    name = next(r for r in res["rows"] if r.startswith("UnifiedNet"))
+    assert "characters 1000-1002, 0 steps" in name
+    for row in res["rows"].values():
+        assert 0 < row["fused.bcubed_f"][0] <= 1 and 0 <= row["timeline_iou"][0] <= 1
 
 
 def test_embed_tracks_pools_unit_features(video: Any) -> None:

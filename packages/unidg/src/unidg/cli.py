@@ -1,4 +1,4 @@
-"""The ``unidg`` console script: simulate, embed, cluster, associate, eval, timeline, train, bench, table, demo.
+"""The ``unidg`` console script: simulate, embed, cluster, associate, eval, timeline, train, train-edges, bench, table, demo.
 
 Every subcommand validates its arguments, inputs and output paths before it writes anything; a
 user error is one stderr line and exit code 2 (``slimkit.cli.run_main``). ``train`` runs under
@@ -8,6 +8,7 @@ user error is one stderr line and exit code 2 (``slimkit.cli.run_main``). ``trai
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +19,30 @@ from slimkit.cli import add_common, at_least, dispatching_main, make_parser, pos
 from slimkit.errors import BadInputError
 from slimkit.io import (
     atomic_write,
-    config_from_dict,
     config_to_dict,
-    load_into,
     load_json,
-    load_model_files,
     save_json,
     save_model,
     save_table,
 )
-from slimkit.paths import check_input_dir, check_input_file, check_output_dir, check_output_file, claim_output_dir
+from slimkit.paths import check_input_file, check_output_dir, check_output_file, claim_output_dir
 from slimkit.train import process_state
 from unidg import __version__
 from unidg.associate import AssociationResult, associate
 from unidg.baselines import METHODS
 from unidg.bench import scale_run
-from unidg.config import DECODERS, MODALITIES, NEIGHBOUR_RULES, AssociationConfig, ClusterConfig
+from unidg.config import DECODERS, EDGE_SCORES, MODALITIES, NEIGHBOUR_RULES, AssociationConfig, ClusterConfig
+from unidg.edges import EdgeConfig, fit_edges, save_edge_model
+from unidg.graph import resolve_edge_model
 from unidg.model import NetConfig, UnifiedNet
 from unidg.pipeline import cluster_modalities, evaluate_video, modality_index
 from unidg.plots import degree_png, timeline_png
 from unidg.quickstart import run as run_demo
 from unidg.render import body_crop, face_crop, voice_patch
 from unidg.synth import SynthConfig, simulate
-from unidg.tables import digits_table, synthetic_table
+from unidg.tables import digits_table, network_table, synthetic_table
 from unidg.tracks import Track, load_video, save_video
-from unidg.training import CharacterSamples, embed_tracks, fit
+from unidg.training import CharacterSamples, embed_tracks, fit, load_net
 
 __all__ = ["build_parser", "main"]
 
@@ -51,14 +51,20 @@ KIND_TRAIN = "unidg train"
 KIND_SIM = "unidg simulate"
 KIND_TABLE = "unidg table"
 KIND_DEMO = "unidg demo"
+KIND_EDGES = "unidg train-edges"
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    if args.edge_score == "learned" and not args.edge_model:
+        raise BadInputError("--edge-score learned needs --edge-model FOLDER (written by 'unidg train-edges')")
+    if args.edge_model and args.edge_score != "learned":
+        raise BadInputError("--edge-model is only used with --edge-score learned")
     return ClusterConfig(k=args.k, neighbours=args.neighbours, threshold=args.threshold, decode=args.decode,
-                         levels=args.levels, slack=args.slack, backend=args.backend, seed=args.seed)  # fmt: skip
+                         levels=args.levels, slack=args.slack, backend=args.backend, seed=args.seed,
+                         edge_score=args.edge_score, edge_model=args.edge_model or "")  # fmt: skip
 
 
 def _truth(tracks: list[Track]) -> bool:
@@ -138,13 +144,7 @@ def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_net(folder: str) -> UnifiedNet:
-    root = check_input_dir(folder, "model folder")
-    state, meta = load_model_files(root)
-    if not isinstance(meta.get("config"), dict) or meta["config"].get("_type") != "NetConfig":
-        raise BadInputError(f"{root} is not a model folder written by 'unidg train' (no NetConfig)")
-    net = UnifiedNet(config_from_dict(NetConfig, meta["config"]))
-    load_into(net, state)
-    return net
+    return load_net(folder)[0]
 
 
 # --------------------------------------------------------------------------- cluster / associate / eval / timeline
@@ -157,13 +157,14 @@ def cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
     png = check_output_file(args.degree_png, (".png",)) if args.degree_png else None
     tracks, feats, _ = load_video(args.video, args.features)
     cfg = _cluster_config(args)
+    edge_model = resolve_edge_model(cfg) if args.method == "unidg" else None  # a bad folder fails before any write
     n_clusters = None
     if args.method in ("kmeans",) or args.clusters is not None:
         if args.clusters is None:
             raise BadInputError("--method kmeans needs --clusters N (per modality)")
         at_least("clusters", args.clusters, 1)
         n_clusters = dict.fromkeys(MODALITIES, args.clusters)
-    labels, info = cluster_modalities(tracks, feats, args.method, cfg, n_clusters)
+    labels, info = cluster_modalities(tracks, feats, args.method, cfg, n_clusters, edge_model=edge_model)
     result: dict[str, Any] = {"method": args.method, "config": config_to_dict(cfg), "video": str(args.video),
                               "clusters": {m: int(v.max()) + 1 for m, v in labels.items()}, "graph": info,
                               "labels": {m: v.tolist() for m, v in labels.items()}}  # fmt: skip
@@ -240,17 +241,44 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     net_cfg = NetConfig(dim=args.dim, depth=args.depth)
     torch.manual_seed(args.seed)
     net = UnifiedNet(net_cfg)
-    data = CharacterSamples(args.identities, args.samples, seed=args.seed)
+    at_least("first-identity", args.first_identity, 0)
+    data = CharacterSamples(args.identities, args.samples, seed=args.seed, first_identity=args.first_identity)
     state = process_state()
     state.wait_for_everyone()  # every process validated the arguments before the first write
     if state.is_main_process:
         claim_output_dir(out, KIND_TRAIN)
     state.wait_for_everyone()
+    t0 = time.perf_counter()
     res = fit(net, data, out, args.steps, batch_size=args.batch_size, lr=args.lr, contrastive=args.contrastive,
               seed=args.seed, progress=not args.json, resume=args.resume, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    info = {"steps": res.steps, "final_loss": res.final_loss, "processes": state.num_processes,
+            "identities": args.identities, "first_identity": args.first_identity, "samples": args.samples,
+            "batch_size": args.batch_size, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     if state.is_main_process:
-        save_model(out / "model", net, net_cfg, {"steps": res.steps, "final_loss": res.final_loss})
-    return {"output": str(out), "model": str(out / "model"), "steps": res.steps, "final_loss": res.final_loss}
+        save_model(out / "model", net, net_cfg, info)
+    return {"output": str(out), "model": str(out / "model"), **info}
+
+
+def cmd_train_edges(args: argparse.Namespace) -> dict[str, Any]:
+    for name in ("k", "hidden", "epochs", "batch-size"):
+        at_least(name, getattr(args, name.replace("-", "_")), 1)
+    positive("lr", args.lr)
+    out = check_output_dir(args.output, KIND_EDGES)
+    groups: list[tuple[np.ndarray, np.ndarray]] = []
+    for folder in args.videos:
+        tracks, feats, _ = load_video(folder)
+        if not _truth(tracks):
+            raise BadInputError(f"{folder}: every track needs its ground-truth \"identity\" to train the edge classifier")
+        truth = np.array([t.identity for t in tracks], np.int64)
+        for m in MODALITIES:
+            idx = modality_index(tracks, m)
+            if idx.size >= 2:
+                groups.append((feats[idx], truth[idx]))
+    cfg = EdgeConfig(k=args.k, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    model, stats = fit_edges(groups, cfg)
+    claim_output_dir(out, KIND_EDGES)
+    save_edge_model(out, model, {"trained_on": [str(v) for v in args.videos], **stats})
+    return {"output": str(out), **stats}
 
 
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -278,9 +306,22 @@ def _bench_human(r: dict[str, Any]) -> str:
 
 def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     out = check_output_dir(args.output, KIND_TABLE)
-    claim_output_dir(out, KIND_TABLE)
     positive("noise", args.noise)
-    result = digits_table(args.seed) if args.which == "digits" else synthetic_table(args.seeds, out / "timeline.png", noise=args.noise)
+    if args.which == "synthetic" and {*args.edge_seeds, args.val_seed} & set(args.seeds):
+        raise BadInputError(f"--edge-seeds {args.edge_seeds} and --val-seed {args.val_seed} must not overlap --seeds {args.seeds}")
+    if args.which == "network":
+        if not args.model:
+            raise BadInputError("table network needs --model RUN/model (one or more folders written by 'unidg train')")
+        for folder in args.model:
+            load_net(folder)  # a bad folder fails before anything is written
+    claim_output_dir(out, KIND_TABLE)
+    if args.which == "network":
+        result = network_table(args.seeds, [Path(m) for m in args.model])
+    elif args.which == "digits":
+        result = digits_table(args.seed, edge_dir=out / "edges")
+    else:
+        result = synthetic_table(args.seeds, out / "timeline.png", noise=args.noise, edge_seeds=args.edge_seeds,
+                                 val_seed=args.val_seed, edge_dir=out / "edges")  # fmt: skip
     save_table(out, result)
     return result
 
@@ -307,6 +348,9 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=int, default=d.levels, help=f"rounds on cluster means (default {d.levels})")
     p.add_argument("--slack", type=int, default=d.slack, help="rank-growth slack")
     p.add_argument("--backend", default=d.backend, choices=("auto", "torch", "faiss-flat", "faiss-ivf", "faiss-hnsw"))
+    p.add_argument("--edge-score", default=d.edge_score, choices=EDGE_SCORES,
+                   help="edge score: cosine, jaccard (Ada-NETS blend) or learned (needs --edge-model)")
+    p.add_argument("--edge-model", default=None, help="edge classifier folder written by train-edges (--edge-score learned)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -366,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_common(sub.add_parser("train", help="train the unified network on rendered synthetic characters"))
     p.add_argument("--identities", type=int, default=14)
+    p.add_argument("--first-identity", type=int, default=0,
+                   help="render characters first..first+identities-1 (default 0: the synthetic videos' own ids 0..13)")
     p.add_argument("--samples", type=int, default=4096, help="training triples (default 4096)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
@@ -377,6 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder of this run")
     p.add_argument("--output", "-o", required=True)
     p.set_defaults(func=lambda a: report(cmd_train(a), a, lambda r: f"{r['steps']} steps, loss {r['final_loss']:.3f} -> {r['model']}"))
+
+    p = add_common(sub.add_parser("train-edges", help="train the learned edge classifier on labelled video folders"))
+    p.add_argument("videos", nargs="+", help="video folders whose tracks carry their ground-truth identity")
+    e = EdgeConfig()
+    p.add_argument("--k", type=int, default=e.k, help=f"kNN list length (use the clustering's --k; default {e.k})")
+    p.add_argument("--hidden", type=int, default=e.hidden)
+    p.add_argument("--epochs", type=int, default=e.epochs)
+    p.add_argument("--batch-size", type=int, default=e.batch_size)
+    p.add_argument("--lr", type=float, default=e.lr)
+    p.add_argument("--output", "-o", required=True, help="classifier folder (model.safetensors + config.json)")
+    p.set_defaults(func=lambda a: report(cmd_train_edges(a), a, lambda r: f"{r['edges']} edges, train AUC {r['train_auc']:.3f} "
+                                                                            f"(cosine {r['cosine_auc']:.3f}) -> {r['output']}"))
 
     p = add_common(sub.add_parser("bench", help="scale: N synthetic embeddings clustered end to end (time, peak memory)"))
     p.add_argument("--n", type=int, default=100_000)
@@ -395,10 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="results .json")
     p.set_defaults(func=lambda a: report(cmd_bench(a), a, _bench_human))
 
-    p = add_common(sub.add_parser("table", help="the README tables: digits two-view, or synthetic videos over seeds"))
-    p.add_argument("which", choices=("digits", "synthetic"))
+    p = add_common(sub.add_parser("table", help="the README tables: digits two-view, synthetic videos over seeds, or trained-network features"))
+    p.add_argument("which", choices=("digits", "synthetic", "network"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, default=1.0, help="synthetic: scale of the feature noise (default 1)")
+    p.add_argument("--edge-seeds", type=int, nargs="+", default=[100, 101], help="synthetic: learned edges' training seeds")
+    p.add_argument("--val-seed", type=int, default=102, help="synthetic: seed picking the learned edges' threshold")
+    p.add_argument("--model", nargs="+", default=None, help="network: model folders written by train (RUN/model)")
     p.add_argument("--output", "-o", required=True)
     p.set_defaults(func=lambda a: report(cmd_table(a), a, lambda r: str(r["markdown"])))
 

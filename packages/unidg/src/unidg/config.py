@@ -13,7 +13,7 @@ from typing import Any
 from slimkit.errors import BadInputError
 
 NEIGHBOUR_RULES = ("fixed", "mutual", "reciprocal", "rank-growth")
-EDGE_SCORES = ("cosine", "jaccard")
+EDGE_SCORES = ("cosine", "jaccard", "learned")
 DECODERS = ("threshold", "peaks")
 BACKENDS = ("auto", "torch", "faiss-flat", "faiss-ivf", "faiss-hnsw")
 MODALITIES = ("face", "body", "voice")
@@ -47,7 +47,10 @@ class ClusterConfig:
       (k-reciprocal expansion, Ada-NETS style: R(i,k) grows by R(j, k/2) when ``expand_overlap`` of
       it already lies in R(i,k)) or ``"fixed"`` (all k: the fixed-graph ablation).
     - ``edge_score``: ``"cosine"`` (default) or ``"jaccard"``: ``(1 - lam) * jaccard + lam * cosine``
-      of the two nodes' neighbour sets (Ada-NETS' structure space, ``lam`` default 0.3).
+      of the two nodes' neighbour sets (Ada-NETS' structure space, ``lam`` default 0.3), or
+      ``"learned"``: P(same identity) from the edge classifier saved in the folder ``edge_model``
+      (:mod:`unidg.edges`; ``threshold`` then cuts a probability, 0.5 = more likely same than not;
+      the ``levels`` rounds on cluster means keep cosine, since the classifier saw item edges only).
     - ``decode``: ``"peaks"`` (default; density peaks: each node links to its most similar denser
       kept neighbour scoring >= ``threshold``; the forest's trees are the clusters, so one bridge
       edge cannot chain two clusters) or ``"threshold"`` (keep edges scoring >= ``threshold``,
@@ -68,6 +71,7 @@ class ClusterConfig:
     expand_overlap: float = 2 / 3
     edge_score: str = "cosine"
     lam: float = 0.3
+    edge_model: str = ""
     decode: str = "peaks"
     threshold: float = 0.4
     backend: str = "auto"
@@ -93,6 +97,8 @@ class ClusterConfig:
         _unit("expand_overlap", self.expand_overlap)
         _one_of("edge_score", self.edge_score, EDGE_SCORES)
         _unit("lam", self.lam)
+        if not isinstance(self.edge_model, str):
+            raise BadInputError(f"edge_model must be a folder path (a string), got {self.edge_model!r}")
         _one_of("decode", self.decode, DECODERS)
         _unit("threshold", self.threshold, -1.0, 1.0)
         _one_of("backend", self.backend, BACKENDS)

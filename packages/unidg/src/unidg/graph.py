@@ -16,10 +16,13 @@ import scipy.sparse as sp
 from slimkit.errors import BadInputError
 from slimkit.report import ReportMixin
 from unidg.config import ClusterConfig
+from unidg.edges import EdgeClassifier, load_edge_model
 from unidg.knn import check_features, knn, normalize, resolve_backend
 from unidg.neighbours import NeighbourGraph, select_neighbours
 
-__all__ = ["ClusterResult", "cluster", "cluster_means", "density_peaks", "edge_scores", "relabel", "union_find"]
+__all__ = [
+    "ClusterResult", "cluster", "cluster_means", "density_peaks", "edge_scores", "relabel", "resolve_edge_model", "union_find",
+]  # fmt: skip
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
@@ -62,10 +65,16 @@ def union_find(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return relabel(parent)
 
 
-def edge_scores(graph: NeighbourGraph, config: ClusterConfig) -> np.ndarray:
-    """Each kept edge's score: its cosine, or the Jaccard / cosine blend of the neighbour sets."""
+def edge_scores(graph: NeighbourGraph, config: ClusterConfig, knn_lists: tuple[np.ndarray, np.ndarray] | None = None,
+                edge_model: EdgeClassifier | None = None) -> np.ndarray:  # fmt: skip
+    """Each kept edge's score: its cosine, the Jaccard / cosine blend of the neighbour sets, or the
+    learned P(same identity) (needs the kNN lists the graph came from and the classifier)."""
     if config.edge_score == "cosine":
         return graph.sims
+    if config.edge_score == "learned":
+        if knn_lists is None or edge_model is None:
+            raise BadInputError("edge_score='learned' needs the kNN lists and an edge classifier")
+        return edge_model.score(graph, *knn_lists)
     sets = graph.adjacency(include_self=True)
     inter = np.asarray(sets[graph.src].multiply(sets[graph.dst]).sum(1)).reshape(-1)
     size = np.asarray(sets.sum(1)).reshape(-1)
@@ -116,9 +125,25 @@ class ClusterResult(ReportMixin):
         return d
 
 
-def cluster(features: Any, config: ClusterConfig | None = None, knn_lists: tuple[np.ndarray, np.ndarray] | None = None) -> ClusterResult:
-    """Cluster ``features [N, D]`` with dynamic graph clustering; ``knn_lists`` reuses a search."""
+def resolve_edge_model(config: ClusterConfig, edge_model: EdgeClassifier | None = None) -> EdgeClassifier | None:
+    """The classifier a learned-edge config uses: ``edge_model`` if given, else loaded from ``config.edge_model``."""
+    if config.edge_score != "learned":
+        return None
+    if edge_model is not None:
+        return edge_model
+    if not config.edge_model:
+        raise BadInputError("edge_score='learned' needs an edge classifier folder (edge_model / --edge-model)")
+    return load_edge_model(config.edge_model)
+
+
+def cluster(features: Any, config: ClusterConfig | None = None, knn_lists: tuple[np.ndarray, np.ndarray] | None = None,
+            edge_model: EdgeClassifier | None = None) -> ClusterResult:  # fmt: skip
+    """Cluster ``features [N, D]`` with dynamic graph clustering; ``knn_lists`` reuses a search;
+    ``edge_model`` is an in-memory classifier for ``edge_score="learned"`` (else ``config.edge_model`` is loaded)."""
     cfg = config or ClusterConfig()
+    model = resolve_edge_model(cfg, edge_model)
+    if model is not None and model.config.k != cfg.k:
+        raise BadInputError(f"the edge classifier was trained on k={model.config.k} kNN lists; cluster with k={model.config.k}")
     x = normalize(check_features(features))
     n = x.shape[0]
     if n == 0:
@@ -137,7 +162,7 @@ def cluster(features: Any, config: ClusterConfig | None = None, knn_lists: tuple
     graph = select_neighbours(x, sims, idx, cfg.neighbours, cfg.slack, cfg.expand_overlap, cfg.cycle)
     times["neighbours"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    score = edge_scores(graph, cfg)
+    score = edge_scores(graph, cfg, (sims, idx), model)
     if cfg.decode == "threshold":
         keep = score >= cfg.threshold
         labels = union_find(n, graph.src[keep], graph.dst[keep])
@@ -155,7 +180,7 @@ def cluster(features: Any, config: ClusterConfig | None = None, knn_lists: tuple
         level_cfg = replace(cfg, k=min(cfg.k, c - 1), backend="faiss-flat" if c < cfg.exact_below else f"faiss-{cfg.ann}")
         m_sims, m_idx = knn(means, level_cfg)
         g = select_neighbours(means, m_sims, m_idx, cfg.neighbours, cfg.slack, cfg.expand_overlap, cfg.cycle)
-        m_score = edge_scores(g, level_cfg)
+        m_score = edge_scores(g, replace(level_cfg, edge_score="cosine") if cfg.edge_score == "learned" else level_cfg)
         if cfg.decode == "threshold":
             keep = m_score >= cfg.level_threshold
             merged = union_find(c, g.src[keep], g.dst[keep])

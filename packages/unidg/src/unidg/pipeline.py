@@ -10,7 +10,8 @@ import numpy as np
 from unidg.associate import AssociationResult, associate
 from unidg.baselines import run_method
 from unidg.config import MODALITIES, AssociationConfig, ClusterConfig
-from unidg.graph import cluster
+from unidg.edges import EdgeClassifier
+from unidg.graph import cluster, resolve_edge_model
 from unidg.metrics import match_timelines, score
 from unidg.tracks import Track
 
@@ -24,10 +25,13 @@ def modality_index(tracks: Sequence[Track], modality: str) -> np.ndarray:
 
 def cluster_modalities(
     tracks: Sequence[Track], features: np.ndarray, method: str = "unidg", config: ClusterConfig | None = None,
-    n_clusters: Mapping[str, int] | None = None,
+    n_clusters: Mapping[str, int] | None = None, edge_model: EdgeClassifier | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``({modality: labels}, {modality: graph summary})``: each modality clustered on its own."""
+    """``({modality: labels}, {modality: graph summary})``: each modality clustered on its own
+    (``edge_model``: an in-memory classifier for learned edges, else the config's folder is loaded once)."""
     cfg = config or ClusterConfig()
+    if method == "unidg":
+        edge_model = resolve_edge_model(cfg, edge_model)
     labels: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
     for m in MODALITIES:
@@ -38,7 +42,7 @@ def cluster_modalities(
             labels[m] = np.zeros(1, np.int64)
             continue
         if method == "unidg":
-            res = cluster(features[idx], cfg)
+            res = cluster(features[idx], cfg, edge_model=edge_model)
             labels[m], info[m] = res.labels, res.summary()
         else:
             k = None if n_clusters is None else min(n_clusters.get(m, 1), idx.size)

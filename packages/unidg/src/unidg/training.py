@@ -1,8 +1,9 @@
 """Training the unified network through ``slimkit.train`` and embedding a video's tracks with it.
 
 - :class:`CharacterSamples`: item i is a co-occurring (face, body, voice) sample triple of
-  character ``i % identities`` (outfit drawn per item), rendered by :mod:`unidg.render`, a pure
-  function of ``(i, seed)``;
+  character ``first_identity + i % identities`` (outfit drawn per item), rendered by
+  :mod:`unidg.render`, a pure function of ``(i, seed)``; ``first_identity`` far from a video's
+  ids (0..cast-1) trains on characters that video never shows (open set);
 - :func:`unidg_loss`: per-modality CosFace (``s = 16``, ``m = 0.25``) identity losses plus a
   cross-modal InfoNCE (``tau = 0.1``; positives are all pairs of one character) between face-body
   and face-voice embeddings, weighted by ``contrastive``;
@@ -23,32 +24,36 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from slimkit.errors import BadInputError
+from slimkit.io import config_from_dict, load_into, load_model_files
+from slimkit.paths import check_input_dir
 from slimkit.train import TrainConfig, TrainResult, train
 from unidg.config import MODALITIES
-from unidg.model import UnifiedNet
+from unidg.model import NetConfig, UnifiedNet
 from unidg.render import body_crop, face_crop, voice_patch
 from unidg.tracks import Track
 
-__all__ = ["CharacterSamples", "IdentityHeads", "embed_tracks", "fit", "unidg_loss"]
+__all__ = ["CharacterSamples", "IdentityHeads", "embed_tracks", "fit", "load_net", "unidg_loss"]
 
 
 class CharacterSamples(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]):
     """``(face [3,32,32], body [3,32,32], voice [1,32,32], identity)`` triples of ``identities`` characters."""
 
-    def __init__(self, identities: int, size: int, seed: int = 0, outfits: int = 4) -> None:
-        if identities < 2 or size < 1:
-            raise BadInputError(f"need >= 2 identities and >= 1 sample, got {identities} and {size}")
+    def __init__(self, identities: int, size: int, seed: int = 0, outfits: int = 4, first_identity: int = 0) -> None:
+        if identities < 2 or size < 1 or first_identity < 0:
+            raise BadInputError(f"need >= 2 identities, >= 1 sample and first_identity >= 0, got {identities}, {size}, {first_identity}")
         self.identities, self.size, self.seed, self.outfits = identities, size, seed, outfits
+        self.first_identity = first_identity
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, i, 31])
-        who = i % self.identities
+        label = i % self.identities  # the class index the identity heads see
+        who = self.first_identity + label  # the rendered character
         outfit = int(rng.integers(self.outfits))
         return (torch.from_numpy(face_crop(who, rng)), torch.from_numpy(body_crop(who, outfit, rng)),
-                torch.from_numpy(voice_patch(who, rng)), torch.tensor(who))  # fmt: skip
+                torch.from_numpy(voice_patch(who, rng)), torch.tensor(label))  # fmt: skip
 
 
 class IdentityHeads(nn.Module):
@@ -108,6 +113,20 @@ def fit(
                       seed=seed, progress=progress, cpu=not torch.cuda.is_available(), resume_from=resume,
                       checkpoint_every=checkpoint_every, log_every=max(1, steps // 20))  # fmt: skip
     return train(model, dataset, cfg, loss_fn=unidg_loss(contrastive))
+
+
+def load_net(folder: str | Path) -> tuple[UnifiedNet, dict[str, Any]]:
+    """The network ``unidg train`` saved in ``folder`` (RUN/model) and its ``config.json``; one-line errors."""
+    root = check_input_dir(folder, "model folder")
+    if not (root / "model.safetensors").is_file() or not (root / "config.json").is_file():
+        raise BadInputError(f"{root} is not a model folder written by 'unidg train' (needs model.safetensors and config.json)")
+    state, meta = load_model_files(root)
+    if not isinstance(meta.get("config"), dict) or meta["config"].get("_type") != "NetConfig":
+        raise BadInputError(f"{root} is not a model folder written by 'unidg train' (no NetConfig)")
+    net = UnifiedNet(config_from_dict(NetConfig, meta["config"]))
+    load_into(net, state)
+    net.eval()
+    return net, meta
 
 
 @torch.no_grad()
