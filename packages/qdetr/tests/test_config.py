@@ -12,6 +12,7 @@ from qdetr.config import DEFAULT_KEEP_FP, DRDConfig, QDetrConfig
 from qdetr.training import FitSettings
 from slimkit.errors import BadInputError
 from slimkit.io import config_from_dict, config_to_dict
+from slimkit.train import default_scheduler
 
 
 def test_defaults_are_the_papers_4_4_8_with_the_released_codes_fp_layers() -> None:
@@ -69,10 +70,12 @@ def test_fit_settings_step_schedule_is_detrs_drop_after_two_thirds() -> None:
     settings = FitSettings(steps=400, backbone_steps=0, warmup_steps=10, lr=1e-3)
     config = settings.train_config(Path("unused"), 310)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    factor = settings.scheduler(optimizer, config).lr_lambdas[0]
+    assert config.scheduler == "step"
+    factor = default_scheduler(optimizer, config).lr_lambdas[0]
     assert [factor(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
     assert factor(10) == factor(209) == 1.0 and factor(210) == factor(309) == 0.1  # 10 + 2/3 of 300
-    cosine = FitSettings(schedule="cosine").scheduler(optimizer, config).lr_lambdas[0]
+    cosine_config = FitSettings(steps=400, backbone_steps=0, warmup_steps=10, lr=1e-3, schedule="cosine").train_config(Path("unused"), 310)
+    cosine = default_scheduler(optimizer, cosine_config).lr_lambdas[0]
     assert cosine(10) == 1.0 and cosine(309) < cosine(200) < cosine(11) < 1.0
 
 

@@ -30,7 +30,7 @@ from qdetr.drd import CoAttendedTap, drd_loss, drd_pairs
 from qdetr.quantize import apply_qdetr, calibrate
 from slimkit.distill import FrozenTeacher, kd_kl_loss
 from slimkit.errors import BadInputError
-from slimkit.train import TrainConfig, TrainResult, default_scheduler, train
+from slimkit.train import TrainConfig, TrainResult, train
 
 __all__ = ["METHODS", "SCHEDULES", "FitSettings", "detr_loss", "fit", "logit_kd_loss", "method_loss", "qdetr_loss"]
 
@@ -124,21 +124,6 @@ class FitSettings:
     kd_weight: float = 1.0
     schedule: str = "step"
 
-    def scheduler(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
-        """Linear warm-up, then DETR's step schedule (lr x 0.1 after 2/3 of the steps, as 200 of 300
-        epochs), or :func:`slimkit.train.default_scheduler`'s cosine / constant."""
-        if self.schedule != "step":
-            return default_scheduler(optimizer, config)
-        total, warm = config.max_steps, config.warmup_steps
-        drop_at = warm + round(2 * (total - warm) / 3)
-
-        def factor(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            return 1.0 if step < drop_at else 0.1
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
             raise BadInputError("steps and batch size must be >= 1 and lr > 0")
@@ -153,7 +138,7 @@ class FitSettings:
             weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm, warmup_steps=min(self.warmup_steps, steps),
             checkpoint_every=self.checkpoint_every, seed=self.seed, cpu=self.cpu, progress=self.progress,
             resume_from=self.resume, log_every=max(1, steps // 20),
-            scheduler="constant" if self.schedule == "constant" else "cosine",
+            scheduler=self.schedule,  # "step": DETR's lr x 0.1 after 2/3 of the steps (200 of 300 epochs)
             find_unused_parameters=True,  # under DDP: the FP layers a quantization stage left behind get no gradient
         )  # fmt: skip
 
@@ -193,7 +178,7 @@ def fit(
     loss_fn = method_loss(method, teacher, drd, settings.kd_weight)
     if method == "fp":
         return [train(model, train_set, settings.train_config(out, settings.steps), loss_fn=loss_fn, collate_fn=collate,
-                      scheduler_fn=settings.scheduler)]
+                      )]
     if quant is None or calibration is None:
         raise BadInputError(f"--method {method} needs a quantization config and a calibration batch")
     results = []
@@ -204,5 +189,5 @@ def fit(
         apply_qdetr(model, dataclasses.replace(quant, scope=scope))
         calibrate(model, [calibration])
         config = settings.train_config(out / folder, steps)
-        results.append(train(model, train_set, config, loss_fn=loss_fn, collate_fn=collate, scheduler_fn=settings.scheduler))
+        results.append(train(model, train_set, config, loss_fn=loss_fn, collate_fn=collate, ))
     return results
