@@ -111,15 +111,16 @@ def save_table(output: str | os.PathLike[str], result: Mapping[str, Any]) -> Non
         handle.write(str(result["markdown"]) + "\n")
 
 
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Read JSON with a one-line error for a missing or unparsable file."""
+def load_json(path: str | os.PathLike[str], what: str = "") -> Any:
+    """Read JSON with a one-line error for a missing or unparsable file, naming it as ``what``
+    (``"prompts file"`` gives "prompts file not found: ..." and "prompts file ... is not valid JSON")."""
     p = Path(path)
     if not p.is_file():
-        raise BadInputError(f"file not found: {p}")
+        raise BadInputError(f"{what or 'file'} not found: {p}")
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{p} is not valid JSON ({exc})") from None
+        raise CorruptFileError(f"{what + ' ' if what else ''}{p} is not valid JSON ({exc})") from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from memochat.prefilter import load_embedder
 from memochat.prompts import Prompts, default_prompts
 from memochat.store import MemoStore
 from slimkit.errors import BadInputError
+from slimkit.io import load_json
 from slimkit.progress import progress
 
 VARIANTS = ("full", "none", "memochat", "memochat+prefilter")
@@ -168,12 +169,7 @@ def save_conversations(path: str | Path, convs: Sequence[Conversation]) -> None:
 
 def load_conversations(path: str | Path) -> list[Conversation]:
     p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"conversations file not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"conversations file {p} is not valid JSON ({exc})") from exc
+    data = load_json(p, "conversations file")
     if not isinstance(data, list) or not data:
         raise BadInputError(f"conversations file {p} must hold a non-empty JSON list")
     return [Conversation.from_dict(d, f"{p}[{i}]") for i, d in enumerate(data)]

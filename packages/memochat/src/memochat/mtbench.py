@@ -24,7 +24,8 @@ from memochat.backends import Generator
 from memochat.parsing import parse_rating
 from memochat.pipeline import MemoChat
 from memochat.prompts import Prompts, default_prompts
-from slimkit.errors import BadInputError, CorruptFileError
+from slimkit.errors import BadInputError
+from slimkit.io import load_json
 from slimkit.progress import progress
 
 TYPES = ("retrospection", "continuation", "conjunction")
@@ -33,12 +34,7 @@ TYPES = ("retrospection", "continuation", "conjunction")
 def load_mtbench(path: str | Path) -> list[dict[str, Any]]:
     """The dialogues of an MT-Bench+ file, checked (types, alternation, the final probe's turn-info)."""
     p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"MT-Bench+ file not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"MT-Bench+ file {p} is not valid JSON ({exc})") from exc
+    data = load_json(p, "MT-Bench+ file")
     if not isinstance(data, list) or not data:
         raise BadInputError(f"MT-Bench+ file {p} must hold a non-empty JSON list")
     for i, d in enumerate(data):

@@ -13,12 +13,12 @@ probe question, the answer to judge) in ``judge``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimkit.errors import BadInputError, CorruptFileError
+from slimkit.errors import BadInputError
+from slimkit.io import load_json
 
 TASKS = ("chatting", "writing_topiocqa", "writing_dialogsum", "retrieval", "judge")
 PLACEHOLDERS: dict[str, tuple[str, ...]] = {
@@ -165,10 +165,5 @@ def load_prompts(path: str | Path | None) -> Prompts:
     if path is None:
         return default_prompts()
     p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"prompts file not found: {p}")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"prompts file {p} is not valid JSON ({exc})") from exc
+    data = load_json(p, "prompts file")
     return Prompts({k: dict(v) if isinstance(v, dict) else v for k, v in data.items()} if isinstance(data, dict) else data, str(p))
