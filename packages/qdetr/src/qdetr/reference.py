@@ -81,8 +81,9 @@ def match_score_reference(student: Tensor, teacher: Tensor, mu_giou: float = MU_
     acc = compute_dtype(student.dtype, teacher.dtype)
     s, t = student.to(acc), teacher.to(acc)
     giou = pairwise_giou(cxcywh_to_xyxy(s), cxcywh_to_xyxy(t))
-    d = (s[:, None, :] - t[None, :, :]).abs()
-    l1 = d[..., 0] + d[..., 1] + d[..., 2] + d[..., 3]
+    l1 = (s[:, None, 0] - t[None, :, 0]).abs()
+    for c in (1, 2, 3):  # left to right, one [N, M] term per coordinate (no [N, M, 4] intermediate)
+        l1 = l1 + (s[:, None, c] - t[None, :, c]).abs()
     return mu_giou * giou - mu_l1 * l1
 
 
