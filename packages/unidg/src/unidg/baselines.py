@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,11 +125,16 @@ def infomap(features: Any, config: ClusterConfig | None = None) -> np.ndarray:
     im.add_nodes(range(n))
     rows, cols = np.nonzero((idx >= 0) & (sims >= cfg.threshold))
     im.add_links(zip(rows.tolist(), idx[rows, cols].tolist(), sims[rows, cols].astype(float).tolist(), strict=True))
-    result = im.run()
-    # infomap >= 2.16 returns a Result with .modules(); older 2.x leave the modules on the Infomap object
-    modules = dict(result.modules() if result is not None and hasattr(result, "modules") else im.get_modules())
+    im.run()
+    # The modules are read back from Infomap's own .clu file, not through its Python result objects:
+    # those iterate SWIG vectors, and with faiss (another SWIG module) loaded in the same process
+    # that iteration can resolve to faiss's iterator class and crash the interpreter.
+    with tempfile.TemporaryDirectory() as tmp:
+        clu = Path(tmp) / "modules.clu"
+        im.write_clu(str(clu))
+        rows_text = [line.split() for line in clu.read_text().splitlines() if line.strip() and not line.startswith("#")]
     labels = np.full(n, -1, np.int64)
-    for node, module in modules.items():
+    for node, module, *_ in rows_text:
         labels[int(node)] = int(module)
     lone = labels < 0  # a node Infomap did not report is its own cluster
     labels[lone] = labels.max(initial=-1) + 1 + np.arange(int(lone.sum()))
