@@ -79,7 +79,7 @@ def overhead(n_memos: int, prefilter: str = "embedding", turns: int = 30, embedd
         idx = bot.index("bench", "s")
         if idx.emb is not None and len(idx.memos) > cfg.prefilter_k:  # the ranking step alone, for the breakdown
             keys, q = idx.emb, idx.emb[0].clone()
-            topk_ms = 1000 * time_fn(lambda: cosine_topk(q, keys, cfg.prefilter_k, chunk=keys.shape[0]), warmup=2, repeats=15).median_s
+            topk_ms = 1000 * time_fn(lambda: cosine_topk(q, keys, cfg.prefilter_k, chunk=keys.shape[0], normalized=True), warmup=2, repeats=15).median_s
         store.close()
     over = sorted(r.overhead_s for r in rows)
     emb = sorted(r.embed_s for r in rows)
