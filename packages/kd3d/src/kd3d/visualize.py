@@ -90,9 +90,8 @@ def render_open3d(
     for g, (group, colour) in enumerate(drawn):
         for i, b in enumerate(group):
             obb = o3d.geometry.OrientedBoundingBox(b[:3], o3d.geometry.get_rotation_matrix_from_xyz((0.0, 0.0, float(b[6]))), b[3:6])
-            obb.color = colour
+            obb.color = colour  # the line set takes its colour from the box
             lines = o3d.geometry.LineSet.create_from_oriented_bounding_box(obb)
-            lines.colors = o3d.utility.Vector3dVector(np.tile(colour, (len(lines.lines), 1)))
             renderer.scene.add_geometry(f"box{g}_{i}", lines, edges)
     box_arr = np.concatenate([group for group, _ in drawn])
     if len(box_arr):  # frame the boxes (the scan's far rings would make them tiny)
