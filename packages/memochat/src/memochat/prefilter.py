@@ -120,9 +120,9 @@ class MemoIndex:
             store.set_embeddings([(m.id, v) for m, v in zip(missing, vecs)], embedder.name)
         block = torch.from_numpy(np.stack([np.asarray(m.embedding, dtype=np.float32) for m in rest]))
         need = have + block.shape[0]
-        if self._buffer is None or self.emb is None or self._buffer.shape[0] < need or self._buffer.shape[1] != block.shape[1]:
+        if self._buffer is None or self._buffer.shape[0] < need or self._buffer.shape[1] != block.shape[1]:
             grown = torch.empty((max(need, 2 * (self._buffer.shape[0] if self._buffer is not None else 0), 64), block.shape[1]))
-            if self.emb is not None and have:
+            if self.emb is not None:  # the first `have` rows, kept
                 grown[:have] = self.emb
             self._buffer = grown
         self._buffer[have:need] = block
