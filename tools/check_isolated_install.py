@@ -13,7 +13,6 @@ and an import of every module in the package.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -24,39 +23,48 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "dist"
 STATE = ROOT / ".tools-state"
 TORCH_ROOTS = ("torch", "torchvision")
 
 
-def _req_name(req: str) -> str | None:
-    if ";" in req:
-        marker = req.split(";", 1)[1]
-        if "extra ==" in marker:
-            return None
-    match = re.match(r"[A-Za-z0-9_.\-]+", req.strip())
-    return match.group(0).lower().replace("_", "-") if match else None
+def _needed(dist: metadata.Distribution, extras: frozenset[str]) -> list[Requirement]:
+    """The requirements of ``dist`` that apply here, with ``extras`` requested."""
+    out = []
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in {"", *extras}):
+            out.append(req)
+    return out
 
 
 def torch_closure() -> set[str]:
-    """Distribution names torch and torchvision need, from installed metadata."""
-    seen: set[str] = set()
-    todo = list(TORCH_ROOTS)
+    """Distribution names torch and torchvision need, from installed metadata.
+
+    Extras count: torch 2.14 asks for ``cuda-toolkit[cublas,cufft,...]``, and the CUDA
+    libraries behind those extras are most of the stack's size. Missing them made pip
+    install about 1 GB of ``nvidia-*`` wheels again into every isolated venv.
+    """
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(name, frozenset()) for name in TORCH_ROOTS]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
             continue
+        seen.add((name, extras))
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
-        seen.add(name)
-        for req in dist.requires or []:
-            dep = _req_name(req)
-            if dep and dep not in seen:
-                todo.append(dep)
-    return seen
+        names.add(canonicalize_name(dist.metadata["Name"]))
+        for req in _needed(dist, extras):
+            todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return names
 
 
 def build_torch_base() -> Path:
@@ -124,14 +132,24 @@ def check(pyproject: Path, base: Path, work: Path) -> float:
     wheels = [str(wheel_for(name))]
     if name != "slimkit":
         wheels.append(str(wheel_for("slimkit")))
-    pip = [py, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # No wheel cache: CI machines can be short of disk, and each venv is thrown away.
+    pip = [py, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir", "-q"]
     subprocess.run([*pip, "install", "-c", str(ROOT / "tools" / "constraints.txt"), *wheels], check=True)
     subprocess.run([*pip, "check"], check=True)
     subprocess.run([str(venv / "bin" / script), "--help"], check=True, stdout=subprocess.DEVNULL)
     out = subprocess.run([py, "-c", SMOKE, module], check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    print(f"check-install: {name}: wheel installs alone, `{script} --help` runs, {out.stdout.strip()} ({elapsed:.0f}s)")
+    size = _size_mb(venv)
+    print(
+        f"check-install: {name}: wheel installs alone, `{script} --help` runs, {out.stdout.strip()} "
+        f"({elapsed:.0f}s, venv {size:.0f} MB)"
+    )
     return elapsed
+
+
+def _size_mb(folder: Path) -> float:
+    total = sum(f.lstat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    return total / 2**20
 
 
 def main() -> int:
@@ -142,16 +160,23 @@ def main() -> int:
     base = build_torch_base()
     failures = []
 
-    def one(target: Path, tmp: str) -> None:
+    def one(target: Path) -> None:
+        # One folder per package, removed as soon as its check ends: peak disk use is
+        # two venvs, not eight (open3d, transformers and faiss are each hundreds of MB).
+        work = Path(tempfile.mkdtemp(prefix=f"slimkit-isolated-{target.name}-"))
         try:
-            check(target / "pyproject.toml", base, Path(tmp))
+            check(target / "pyproject.toml", base, work)
         except subprocess.CalledProcessError as exc:
             failures.append(target.name)
             print(f"check-install: {target.name}: FAILED ({' '.join(map(str, exc.cmd))[:200]})", file=sys.stderr)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
-    # Installs are mostly I/O bound: run them side by side.
-    with tempfile.TemporaryDirectory(prefix="slimkit-isolated-") as tmp, ThreadPoolExecutor(max_workers=3) as pool:
-        list(pool.map(lambda t: one(t, tmp), targets))
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    print(f"check-install: {free:.1f} GiB free in {tempfile.gettempdir()}")
+    # Installs are mostly I/O bound: run two side by side.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(one, targets))
     if failures:
         print(f"check-install: error: {', '.join(failures)} not installable alone", file=sys.stderr)
         return 1
