@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kd3d import __version__
@@ -15,6 +16,7 @@ from kd3d.api import TINY_GRID, tiny_config
 from kd3d.cli import build_parser, main
 from kd3d.config import preset
 from kd3d.detector import build_detector
+from kd3d.kitti import default_calib, write_bin, write_calib
 from kd3d.training import save_detector
 
 
@@ -81,3 +83,53 @@ def test_rdd_student_trains_under_accelerate_launch_with_two_processes(tmp_path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["steps"] == 3  # one JSON document: only rank 0 prints
     assert (tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").is_file()
+
+
+def _kitti_folder(root: Path, points: np.ndarray, label: str = "Car 0 0 0 0 0 0 0 1.5 1.8 4.0 1 1.7 5 0\n") -> Path:
+    for sub in ("velodyne", "label_2", "calib"):
+        (root / sub).mkdir(parents=True)
+    write_bin(root / "velodyne" / "000000.bin", points)
+    (root / "label_2" / "000000.txt").write_text(label)
+    write_calib(root / "calib" / "000000.txt", default_calib())
+    return root
+
+
+def _fails_cleanly(capsys: pytest.CaptureFixture[str], out: Path, *argv: str) -> str:
+    """Exit code 2, one stderr line, no traceback, and nothing written at ``out``."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kd3d: error: ") and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+    return err
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_2_and_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pts = np.random.default_rng(0).uniform(-5, 5, size=(7, 4)).astype(np.float32)
+    out = tmp_path / "out"
+    bad_bin = _kitti_folder(tmp_path / "bad_bin", pts)
+    (bad_bin / "velodyne" / "000000.bin").write_bytes(b"\0" * 20)
+    assert "multiple of 16 bytes" in _fails_cleanly(capsys, out, "train", "--grid", "tiny", "--data", str(bad_bin), "-o", str(out))
+    short = _kitti_folder(tmp_path / "short_label", pts, label="Car 0 0 0 1 2 3 4\n")
+    assert "expected 15" in _fails_cleanly(capsys, out, "train", "--grid", "tiny", "--data", str(short), "-o", str(out))
+    (tmp_path / "empty").mkdir()
+    assert "empty" in _fails_cleanly(capsys, out, "train", "--grid", "tiny", "--data", str(tmp_path / "empty"), "-o", str(out))
+    good = _kitti_folder(tmp_path / "good", pts)
+    save_detector(tmp_path / "t", build_detector(preset("XXS", **TINY_GRID, encoder_layers=[1] * 6, bev_layers=[1, 1]), seed=0))
+    err = _fails_cleanly(capsys, out, "train", "--role", "student", "--preset", "S", "--kd", "rdd", "--teacher", str(tmp_path / "t"),
+                         "--data", str(good), "-o", str(out))  # fmt: skip
+    assert "wider than its teacher" in err
+
+
+def test_scans_are_read_with_the_models_point_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 5-feature model (nuScenes-style scans: x, y, z, intensity, time) reads 20-byte points; 4-feature
+    scans are refused before anything is written."""
+    pts4 = np.random.default_rng(0).uniform(-5, 5, size=(7, 4)).astype(np.float32)
+    out = tmp_path / "out"
+    kitti = _kitti_folder(tmp_path / "kitti", pts4)
+    err = _fails_cleanly(capsys, out, "train", "--grid", "nuscenes", "--data", str(kitti), "-o", str(out))
+    assert "multiple of 20 bytes" in err
+    pts5 = np.random.default_rng(1).uniform(-5, 5, size=(300, 5)).astype(np.float32)
+    nus = _kitti_folder(tmp_path / "nus", pts5)
+    save_detector(tmp_path / "m", build_detector(tiny_config(point_features=4 + 1), seed=0))
+    ev = _run(capsys, "eval", str(tmp_path / "m"), "--data", str(nus))
+    assert ev["scenes"] == 1 and 0.0 <= ev["NDS"] <= 1.0

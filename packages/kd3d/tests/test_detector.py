@@ -59,6 +59,14 @@ def test_gaussian_radius_and_targets(tiny_cfg, boxes_data) -> None:
     torch.testing.assert_close(t.regression[0, 0, 6:], torch.tensor([math.cos(0.4), math.sin(0.4)]))
 
 
+def test_boxes_without_a_size_are_skipped_not_crashing(tiny_cfg) -> None:
+    """A label with a zero height (log size undefined) must not stop training with a math domain error."""
+    boxes = torch.tensor([[1.0, -2.0, -1.0, 4.0, 1.8, 0.0, 0.4], [-3.0, 2.5, -1.0, 0.7, 0.0, 1.7, 0.0],
+                          [-3.0, -3.0, -1.0, 0.7, 0.6, 1.7, 0.0]])  # fmt: skip
+    t = build_targets([boxes], [torch.tensor([0, 1, 1])], tiny_cfg)
+    assert t.num_objects == 1 and t.heatmap[0, 0].max() == 0.0
+
+
 def _perfect_output(cfg, targets) -> DetectorOutput:
     b, _, h, w = targets.heatmap.shape
     heat = torch.logit(targets.heatmap.clamp(1e-6, 1 - 1e-6))

@@ -50,6 +50,22 @@ def test_label_velo_round_trip_through_the_calib(tmp_path: Path) -> None:
     assert obj.bbox[2] > obj.bbox[0] > 0  # in front of the camera: a projected 2D box
 
 
+def test_labels_follow_kittis_camera_frame_and_yaw_convention() -> None:
+    """Camera x right (= LiDAR -y), y down (= -z), z forward (= x); location is the box's bottom centre;
+    ``rotation_y = -yaw - pi/2`` (a car heading along the LiDAR's +x faces the camera's +z: ry = -pi/2;
+    one heading to the LiDAR's -y, the camera's right, has ry = 0)."""
+    calib = default_calib()
+    ahead = velo_to_label([10.0, 2.0, -0.9, 4.0, 1.8, 1.6, 0.0], "Car", calib)
+    np.testing.assert_allclose(ahead.location, [-2.0, 1.7, 10.0], atol=1e-12)
+    assert ahead.hwl == [1.6, 1.8, 4.0]
+    assert ahead.rotation_y == pytest.approx(-np.pi / 2)
+    right = velo_to_label([10.0, 0.0, -0.9, 4.0, 1.8, 1.6, -np.pi / 2], "Car", calib)
+    assert right.rotation_y == pytest.approx(0.0, abs=1e-12)
+    assert right.alpha == pytest.approx(0.0, abs=1e-12)  # straight ahead: alpha = ry - atan2(x, z) = ry
+    back = label_to_velo(parse_label_line("Car 0.00 0 0.00 0 0 0 0 1.60 1.80 4.00 -2.00 1.70 10.00 0.00"), calib)
+    np.testing.assert_allclose(back, [10.0, 2.0, -0.9, 4.0, 1.8, 1.6, -np.pi / 2], atol=1e-12)
+
+
 def test_label_line_with_missing_fields_is_refused() -> None:
     with pytest.raises(CorruptFileError, match="has 8 fields, expected 15"):
         parse_label_line("Car 0 0 0 1 2 3 4", "label")

@@ -10,6 +10,7 @@ from kd3d.config import RDDConfig
 from kd3d.detector import DetectorOutput, build_detector
 from kd3d.distillation import DistillLoss
 from kd3d.rdd import channel_softmax, disparity_weights, gaussian_mi, pair_distance, proposal_rois, rdd_loss
+from kd3d.reference import rotated_roi_sample_reference
 
 
 def _maps(seed: int = 0, b: int = 2, c: int = 6, h: int = 8, w: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,3 +103,26 @@ def test_bilateral_pairs_count_both_sides() -> None:
     same = DistillLoss(student, student, RDDConfig(score_threshold=0.0, adapter="identity", lam=0.0))
     loss, metrics = same(s, DetectorOutput(heatmap=s.heatmap.detach(), regression=s.regression.detach(), neck=s.neck.detach()))
     assert loss.item() == pytest.approx(0.0, abs=1e-12) and metrics["kd_pairs"] > 0
+
+
+def test_defaults_are_the_papers_and_the_loss_is_alpha_weighted() -> None:
+    """tau 4, lambda 0.1, alpha1 = alpha2 = 0.2, bilateral pairs, hard weights on the L2 disparity (RDD Sec. 4)."""
+    cfg = RDDConfig()
+    assert (cfg.tau, cfg.lam, cfg.alpha_feat, cfg.alpha_logit) == (4.0, 0.1, 0.2, 0.2)
+    assert (cfg.proposals, cfg.weighting, cfg.mi_estimator, cfg.adapter) == ("both", "hard", "l2", "conv")
+    feat, heat, _ = _maps()
+    student, s_heat = feat + torch.randn_like(feat), heat + torch.randn_like(heat)
+    parts = rdd_loss(student, feat, s_heat, heat, _rois(), cfg)
+    s, t = (channel_softmax(rotated_roi_sample_reference(x, _rois(), 7), 4.0) for x in (student, feat))
+    dist = (s - t).flatten(1).norm(dim=1)
+    m = (dist / dist.max() > 0.1).float()
+    torch.testing.assert_close(parts.feat, (m * dist).sum() / 4)
+    ps, pt = (rotated_roi_sample_reference(torch.sigmoid(x), _rois(), 7) for x in (s_heat, heat))
+    torch.testing.assert_close(parts.logit, (m * (ps - pt).abs().flatten(1).sum(1)).sum() / 4)
+    cfg_model = tiny_config()
+    a, b = build_detector(cfg_model, seed=0), build_detector(cfg_model, seed=1)
+    x = a.example_input()
+    sa, sb = a(x), b(x)
+    kd = DistillLoss(a, b, RDDConfig(score_threshold=0.0, adapter="identity"))
+    loss, metrics = kd(sa, sb)
+    assert loss.item() == pytest.approx(0.2 * metrics["kd_feat"] + 0.2 * metrics["kd_logit"], rel=1e-5)

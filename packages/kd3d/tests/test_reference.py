@@ -46,11 +46,24 @@ def test_voxelization_ignores_point_order_and_drops_outside_points() -> None:
     assert ((ca >= 0) & (ca < torch.tensor([3, 4, 8, 8]))).all()  # batch < 3, z 4 cells, y / x 8 cells
 
 
-def test_max_voxels_keeps_the_first_in_key_order() -> None:
+def test_max_voxels_keeps_the_first_in_key_order_of_each_sample() -> None:
     pts = _points()
     full, coords = voxelize_mean_reference(pts, RANGE, SIZE)
     cut, cut_coords = voxelize_mean_reference(pts, RANGE, SIZE, max_voxels=5)
-    assert torch.equal(cut_coords, coords[:5]) and torch.equal(cut, full[:5])
+    keep = torch.cat([torch.nonzero(coords[:, 0] == b).flatten()[:5] for b in range(3)])
+    assert torch.equal(cut_coords, coords[keep]) and torch.equal(cut, full[keep])
+    assert torch.bincount(cut_coords[:, 0].long()).tolist() == [5, 5, 5]
+
+
+def test_a_samples_voxels_do_not_depend_on_the_rest_of_the_batch() -> None:
+    pts = _points()
+    alone = pts[pts[:, 0] == 2]
+    _, n_alone = voxelize_mean_reference(alone, RANGE, SIZE)
+    cap = n_alone.shape[0]  # sample 2 fits exactly; samples 0 and 1 are cut
+    a, ca = voxelize_mean_reference(alone, RANGE, SIZE, max_voxels=cap)
+    b, cb = voxelize_mean_reference(pts, RANGE, SIZE, max_voxels=cap)
+    last = cb[:, 0] == 2
+    assert torch.equal(cb[last], ca) and torch.equal(b[last], a)
 
 
 def test_single_voxel_mean_is_exact() -> None:
@@ -81,7 +94,6 @@ def test_roi_sampling_rotation_and_zero_padding() -> None:
     turned[0, 5] = math.pi / 2
     a = rotated_roi_sample_reference(feats, square, 3)
     b = rotated_roi_sample_reference(feats, turned, 3)
-    # a quarter turn: the turned box's first row (along its length = the map's +y) is the square's first column
     # a quarter turn: sample (i, j) of the turned box is sample (j, S - 1 - i) of the square
     torch.testing.assert_close(b, a.transpose(2, 3).flip(2))
     outside = torch.tensor([[0, 40.0, 40.0, 2.0, 2.0, 0.3]], dtype=torch.float64)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from kd3d.boxes import bev_corners
@@ -60,13 +60,19 @@ def test_bad_folders_are_refused(tmp_path: Path) -> None:
         KittiScenes(tmp_path / "bad", ["Car"])
 
 
-def test_bev_png_and_optional_render(tmp_path: Path) -> None:
+def test_bev_png_draws_truth_and_predictions(tmp_path: Path) -> None:
     scene = simulate_scene(0, 0, TINY_SIM)
-    pred = {"boxes": scene.boxes[:1], "scores": np.array([0.9]), "labels": np.array([0])}
+    pred = {"boxes": scene.boxes[:1] + np.array([0.8, 0.8, 0, 0, 0, 0, 0]), "scores": np.array([0.9]), "labels": np.array([0])}
     out = bev_png(tmp_path / "bev.png", scene.points, scene.boxes, pred, [-6.4, -6.4, -3, 6.4, 6.4, 1], classes=["Car"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    red = (image[..., 0] > 200) & (image[..., 1] < 80) & (image[..., 2] < 80)
+    green = (image[..., 1] > 150) & (image[..., 0] < 120) & (image[..., 2] < 120)
+    assert red.sum() > 50 and green.sum() > 50, (red.sum(), green.sum())
+    empty = bev_png(tmp_path / "none.png", scene.points, np.zeros((0, 7)), None, [-6.4, -6.4, -3, 6.4, 6.4, 1])
+    blank = np.asarray(Image.open(empty).convert("RGB")).astype(int)
+    assert ((blank[..., 0] > 200) & (blank[..., 1] < 80) & (blank[..., 2] < 80)).sum() == 0
     assert bev_corners(scene.boxes).shape == (len(scene.boxes), 4, 2)
-    assert torch.is_tensor(torch.from_numpy(scene.points))
 
 
 def test_open3d_render_draws_points_and_red_boxes(tmp_path: Path) -> None:
@@ -85,3 +91,10 @@ def test_open3d_render_draws_points_and_red_boxes(tmp_path: Path) -> None:
     assert 0.3 < white.mean() < 0.995, white.mean()  # a white background with something drawn on it
     green = (image[..., 1] > 120) & (image[..., 0] < 100) & (image[..., 2] < 100)
     assert red.sum() > 20 and green.sum() > 20 and grey.sum() > 20, (red.sum(), green.sum(), grey.sum())
+
+
+def test_render_without_a_loadable_open3d_renderer_raises_runtime_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI's ``--render`` catches: a missing renderer module is a RuntimeError, not a traceback."""
+    monkeypatch.setitem(sys.modules, "open3d.visualization", None)  # makes the import fail
+    with pytest.raises(RuntimeError, match="rendering is unavailable"):
+        render_open3d(tmp_path / "r.png", np.zeros((3, 4)), np.zeros((0, 7)))

@@ -55,3 +55,11 @@ def test_model_folder_round_trip_and_evaluate(scene_folder: Path, tmp_path: Path
     assert 0.0 <= metrics["mAP"] <= 1.0 and 0.0 <= metrics["NDS"] <= 1.0 and metrics["scenes"] == 4
     with pytest.raises(BadInputError, match="not a kd3d model folder"):
         load_detector(scene_folder)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_evaluate_on_another_device_moves_the_model(scene_folder: Path) -> None:
+    """``kd3d eval --device cuda`` loads the model on the CPU and asks for CUDA: the model must follow."""
+    model = build_detector(tiny_config(), seed=3)
+    metrics = evaluate(model, KittiScenes(scene_folder, CLASSES), batch_size=2, device=torch.device("cuda"))
+    assert 0.0 <= metrics["NDS"] <= 1.0 and next(model.parameters()).is_cuda

@@ -5,7 +5,7 @@ Typical use::
     teacher = kd3d.build_detector(kd3d.preset("teacher"))       # train it, or load a trained one
     student = kd3d.build_detector(kd3d.preset("S"))
     kd = kd3d.distill(student, teacher, kd3d.RDDConfig())       # the loss module (adds student.kd3d_adapter)
-    ... loss = detection_loss + kd(student(points), teacher(points)) through slimkit.train ...
+    ... loss = detection_loss + kd(student(points), kd.teacher(points), targets)[0] through slimkit.train ...
     kd3d.detach(student)                                          # the adapter gone: the plain student again
 
 Importing the sparse parts (``kd3d.detector``, ``kd3d.sparse``) applies the guarded spconv CPU backward fix.

@@ -100,12 +100,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             teacher, _ = load_detector(args.teacher, "teacher model folder")
             t_cfg = teacher.config
             config = preset(name, point_range=t_cfg.point_range, voxel_size=t_cfg.voxel_size, classes=t_cfg.classes,
-                            encoder_layers=t_cfg.encoder_layers, bev_layers=t_cfg.bev_layers, max_voxels=t_cfg.max_voxels)  # fmt: skip
+                            point_features=t_cfg.point_features, encoder_layers=t_cfg.encoder_layers,
+                            bev_layers=t_cfg.bev_layers, max_voxels=t_cfg.max_voxels)  # fmt: skip
             check_student_fits(config, t_cfg)
         else:
             config = _detector_config(name, args.grid, args.depth)
-    train_set = KittiScenes(args.data, config.classes, what="--data folder")
-    val_set = KittiScenes(args.val_data, config.classes, what="--val-data folder") if args.val_data else None
+    features = config.point_features  # floats per point of the .bin scans (KITTI 4; nuScenes' grid 5)
+    train_set = KittiScenes(args.data, config.classes, features, what="--data folder")
+    val_set = KittiScenes(args.val_data, config.classes, features, what="--val-data folder") if args.val_data else None
     cpu = resolve_device(args.device).type == "cpu"
     settings = FitSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, checkpoint_every=args.checkpoint_every,
                            seed=args.seed, cpu=cpu, progress=not (args.no_progress or args.json), resume=args.resume)  # fmt: skip
@@ -142,7 +144,7 @@ def _train_human(r: dict[str, Any]) -> str:
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     at_least("batch-size", args.batch_size, 1)
     model, _ = load_detector(args.model)
-    scenes = KittiScenes(args.data, model.config.classes, what="--data folder")
+    scenes = KittiScenes(args.data, model.config.classes, model.config.point_features, what="--data folder")
     if not scenes.labeled:
         raise BadInputError(f"--data folder {args.data} has no label_2/ folder: nothing to score against")
     metrics = evaluate(model, scenes, args.batch_size, resolve_device(args.device),
@@ -198,7 +200,7 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
         raise BadInputError(f"--threshold must be in [0, 1], got {args.threshold}")
     out = check_output_dir(args.output, KIND_VISUALIZE)
     model, _ = load_detector(args.model)
-    scenes = KittiScenes(args.data, model.config.classes, what="--data folder")
+    scenes = KittiScenes(args.data, model.config.classes, model.config.point_features, what="--data folder")
     if args.scene >= len(scenes):
         raise BadInputError(f"--scene {args.scene} is out of range: {args.data} holds {len(scenes)} scenes")
     claim_output_dir(out, KIND_VISUALIZE)

@@ -74,6 +74,7 @@ class DetectorConfig:
 
     - ``point_range`` ``[x0, y0, z0, x1, y1, z1]`` (m) and ``voxel_size`` ``[vx, vy, vz]``: the grid; x / y
       cells must be a multiple of 8 and the z cells must survive the encoder's strides (>= 1 BEV level).
+      ``max_voxels``: the most voxels kept per sample (the first in key order).
     - ``encoder_channels``: conv_input, conv1..conv4, conv_out (6); ``encoder_layers``: convs per stage
       (stages 2-4 count their strided conv).
     - ``bev_channels`` / ``bev_layers`` / ``up_channels``: the two BEV blocks (strides 1, 2) and their

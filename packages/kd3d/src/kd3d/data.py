@@ -24,7 +24,7 @@ __all__ = ["KittiScenes", "collate"]
 
 
 class KittiScenes(Dataset[dict[str, Any]]):
-    """Scenes of one KITTI-format folder: each item ``{"id", "points" [N, 4], "boxes" [n, 7], "labels" [n]}``.
+    """Scenes of one KITTI-format folder: each item ``{"id", "points" [N, features], "boxes" [n, 7], "labels" [n]}``.
 
     Everything is validated on construction (missing folders, no scans, unreadable labels or calibs,
     scans whose size is not whole points), so a bad folder fails before training starts.

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from kd3d.boxes import limit_period
 from slimkit.errors import BadInputError, CorruptFileError
+from slimkit.io import atomic_write
 
 __all__ = [
     "Calib",
@@ -100,7 +101,8 @@ def calib_text(calib: Calib) -> str:
 
 
 def write_calib(path: str | Path, calib: Calib) -> None:
-    Path(path).write_text(calib_text(calib))
+    with atomic_write(path) as f:  # never a half-written calib beside complete scans
+        f.write(calib_text(calib))
 
 
 def read_bin(path: str | Path, features: int = 4) -> NDArray[np.float32]:

@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from kd3d.kernels import roi_sample_triton, segment_mean_triton
-from kd3d.reference import decode_keys, rotated_roi_sample_reference, voxel_keys, voxelize_mean_reference
+from kd3d.reference import (
+    decode_keys,
+    first_per_sample,
+    rotated_roi_sample_reference,
+    voxel_keys,
+    voxelize_mean_reference,
+)
 from slimkit.errors import BadInputError
 from slimkit.kernels import use_triton
 
@@ -45,7 +51,8 @@ def voxelize_mean(
     means = segment_mean_triton(feats, starts)
     coords = decode_keys(uniq, grid)
     if max_voxels is not None and uniq.numel() > max_voxels:
-        means, coords = means[:max_voxels], coords[:max_voxels]
+        keep = first_per_sample(coords[:, 0], max_voxels)
+        means, coords = means[keep], coords[keep]
     return means, coords
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "roi_sample_points",
     "rotated_roi_sample_reference",
     "decode_keys",
+    "first_per_sample",
     "segment_mean_reference",
     "voxel_keys",
     "voxelize_mean_reference",
@@ -53,6 +54,13 @@ def decode_keys(keys: Tensor, grid: list[int]) -> Tensor:
     return torch.stack([b, iz, iy, ix], dim=1).int()
 
 
+def first_per_sample(batch: Tensor, limit: int) -> Tensor:
+    """Mask keeping the first ``limit`` rows of every sample of an ascending ``batch`` column (voxels in key order)."""
+    b = batch.long().contiguous()
+    first = torch.searchsorted(b, b)  # index of each sample's first row
+    return torch.arange(b.numel(), device=b.device) - first < limit
+
+
 def segment_mean_reference(values: Tensor, segment: Tensor, num_segments: int) -> Tensor:
     """Mean of ``values[i]`` over the rows with the same ``segment[i]`` (every segment non-empty)."""
     acc = torch.promote_types(values.dtype, torch.float32)  # float32 at least, float64 kept
@@ -68,8 +76,9 @@ def voxelize_mean_reference(
     """``(features [V, F], coords [V, 4] int32 (batch, z, y, x))``: the mean of the features (every column but
     the batch index) of the points in each occupied voxel, voxels in ascending key order (batch first).
 
-    ``max_voxels`` keeps the first voxels of that order (OpenPCDet keeps the first ones met in the point
-    order; a sorted order makes the choice independent of how the points are shuffled).
+    ``max_voxels`` caps each sample (as OpenPCDet's per-scan voxelization does, so a scan's voxels do not
+    depend on the rest of the batch) and keeps its first voxels in that order (OpenPCDet keeps the first
+    ones met in the point order; a sorted order makes the choice independent of how the points are shuffled).
     """
     grid = [round((point_range[i + 3] - point_range[i]) / voxel_size[i]) for i in range(3)]
     keys, inside = voxel_keys(points, point_range, voxel_size)
@@ -80,7 +89,8 @@ def voxelize_mean_reference(
     means = segment_mean_reference(feats, inverse, uniq.numel())
     coords = decode_keys(uniq, grid)
     if max_voxels is not None and uniq.numel() > max_voxels:
-        means, coords = means[:max_voxels], coords[:max_voxels]
+        keep = first_per_sample(coords[:, 0], max_voxels)
+        means, coords = means[keep], coords[keep]
     return means, coords
 
 

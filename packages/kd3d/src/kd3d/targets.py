@@ -77,7 +77,7 @@ def build_targets(boxes: list[Tensor], labels: list[Tensor], config: DetectorCon
         for box, label in zip(bx.tolist(), lb.tolist(), strict=True):
             cx, cy = (box[0] - x0) / cx_m, (box[1] - y0) / cy_m
             col, row = math.floor(cx), math.floor(cy)
-            if not (0 <= col < w and 0 <= row < h) or k >= m or box[3] <= 0 or box[4] <= 0:
+            if not (0 <= col < w and 0 <= row < h) or k >= m or min(box[3], box[4], box[5]) <= 0:
                 continue
             radius = max(config.min_radius, int(gaussian_radius(box[3] / cx_m, box[4] / cy_m)))
             _draw_gaussian(heat[b, int(label)], row, col, radius)

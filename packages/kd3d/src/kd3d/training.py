@@ -23,7 +23,6 @@ from kd3d.data import KittiScenes, collate
 from kd3d.detector import CenterPointVoxel, build_detector
 from kd3d.distillation import ADAPTER_NAME, DistillLoss, detach, distill
 from kd3d.metrics import kitti_ap, nuscenes_metrics
-from kd3d.registry import REGISTRY
 from kd3d.targets import build_targets, decode, detection_loss
 from slimkit.errors import BadInputError
 from slimkit.io import (
@@ -106,10 +105,12 @@ def fit(
 @torch.no_grad()
 def predict(model: CenterPointVoxel, scenes: KittiScenes, batch_size: int = 4, device: torch.device | None = None,
             nms_iou: float | None = None, progress: Any = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
-    """Decoded predictions and ground truths of every scene (eval mode restored afterwards)."""
+    """Decoded predictions and ground truths of every scene (eval mode restored afterwards); the model is moved
+    to ``device`` when one is given (else it runs where its parameters are)."""
     was = model.training
     model.eval()
     device = device or next(model.parameters()).device
+    model.to(device)
     preds, gts = [], []
     loader = DataLoader(scenes, batch_size=batch_size, shuffle=False, collate_fn=collate)
     batches = loader if progress is None else progress(loader, desc="eval")
@@ -174,11 +175,3 @@ def load_detector(folder: str | Path, what: str = "model folder") -> tuple[Cente
     model = build_detector(config)
     load_into(model, state)
     return model, meta
-
-
-def kd_config_dict(kd: KDConfig | None) -> dict[str, Any] | None:
-    return config_to_dict(kd) if kd is not None else None
-
-
-def kd_config_from_dict(data: dict[str, Any]) -> Any:
-    return REGISTRY.config_from_dict(data)

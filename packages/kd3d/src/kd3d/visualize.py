@@ -66,9 +66,11 @@ def render_open3d(
     Needs a working off-screen renderer: a GPU, or Mesa's software Vulkan (``libvulkan1``,
     ``mesa-vulkan-drivers``); ``RuntimeError`` names what is missing otherwise.
     """
-    import open3d as o3d
-    from open3d.visualization import rendering
-
+    try:  # open3d loads libGL / libusb on import: a machine without them has no renderer either
+        import open3d as o3d
+        from open3d.visualization import rendering
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"open3d off-screen rendering is unavailable: {exc}") from exc
     try:
         renderer = rendering.OffscreenRenderer(size, size)
     except Exception as exc:  # pragma: no cover - depends on the machine's GPU / Vulkan stack
