@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
@@ -104,3 +105,38 @@ def test_smollm2_gguf_is_converted_once_and_cached(tmp_path: Path) -> None:
     assert gguf_to_folder(smollm2_gguf(), tmp_path) == folder and time.perf_counter() - t < 1.0  # no second conversion
     gen = TransformersGenerator.from_pretrained(smollm2_gguf(), cache_dir=tmp_path)
     assert gen.template == "chat" and gen.generate("Say hello.", max_new_tokens=8).strip()
+
+
+def _sse_client(*events: str) -> httpx.Client:
+    body = "".join(f"data: {e}\n\n" for e in events).encode()
+    return httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body,
+                                                                                      headers={"content-type": "text/event-stream"})))  # fmt: skip
+
+
+def test_stream_skips_chunks_without_choices_and_names_bad_ones() -> None:
+    gen = OpenAIGenerator("http://model.invalid/v1", retries=0)
+    piece = '{"choices": [{"index": 0, "delta": {"content": "%s"}}]}'
+    gen.client = _sse_client(piece % "hel", '{"choices": [], "usage": {"total_tokens": 3}}', piece % "lo", "[DONE]")
+    assert "".join(gen.stream("hi", max_new_tokens=4)) == "hello"  # the closing usage chunk has no choices
+    for bad, says in (("{not json", "not JSON"), ("[1]", "not a JSON object"), ('{"error": {"message": "model fell over"}}', "model fell over")):
+        gen.client = _sse_client(piece % "a", bad, "[DONE]")
+        with pytest.raises(BackendError, match=says):
+            list(gen.stream("hi", max_new_tokens=4))
+
+
+def test_failed_gguf_conversion_leaves_no_half_written_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    from memochat.backends import gguf_to_folder
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF not really")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("cannot read the GGUF file")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="cannot read"):
+        gguf_to_folder(gguf, cache)
+    assert list(cache.iterdir()) == []

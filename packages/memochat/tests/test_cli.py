@@ -59,3 +59,26 @@ def test_eval_consistency_bench_and_demo(tmp_path: Path, capsys: pytest.CaptureF
     assert bench["overhead"][0]["memos"] == 10 and bench["overhead"][0]["overhead_ms_median"] > 0
     demo = _json(capsys, ["demo", "--model", "oracle", "-o", str(tmp_path / "demo"), "--json"])
     assert len(demo["turns"]) == 6 and (tmp_path / "demo" / "transcript.md").is_file()
+    assert [bool(t["written"]) for t in demo["turns"]] == [False] * 4 + [True, False]  # the 5th turn writes the first memos
+
+
+@pytest.mark.parametrize("memos", ["10,abc", "1e4", "0"])
+def test_bench_bad_memo_counts_are_one_line_exit_2(memos: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--memos", memos, "--kills", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("memochat: error: --memos must be") and len(err.strip().splitlines()) == 1
+
+
+def test_import_of_a_file_with_a_session_twice_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "m.db")
+    assert main(["chat", "--model", "oracle", "--db", db, "--prefilter", "none", "-m", "hello", "--json"]) == 0
+    out = tmp_path / "e.jsonl"
+    assert main(["memos", "export", "--db", db, str(out)]) == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines + [x for x in lines if json.loads(x)["type"] in ("session", "line")]) + "\n")
+    capsys.readouterr()
+    target = tmp_path / "copy.db"
+    assert main(["memos", "import", "--db", str(target), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "appears twice; nothing imported" in err and len(err.strip().splitlines()) == 1
+    assert not target.exists()  # checked whole before the database is touched

@@ -63,3 +63,36 @@ def test_round_trip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="turns >= 8"):
         make_conversations(1, 2, 5)
     assert Conversation.from_dict({"id": "x", "sessions": [[{"user": "hi"}]]}).sessions[0][0].probe is None
+
+
+def test_probes_close_each_later_session_and_plants_open_the_first() -> None:
+    for conv in make_conversations(2, 4, 12, seed=3):
+        assert all(t.probe is None for t in conv.sessions[0]) and all("my " in t.user for t in conv.sessions[0][:7])
+        for s in conv.sessions[1:]:
+            assert [t.probe is not None for t in s] == [False] * 9 + [True] * 3
+            assert sorted(t.probe.kind for t in s[-3:] if t.probe) == sorted(KINDS)
+
+
+def test_a_failing_model_leaves_no_store_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memochat.store import MemoStore
+
+    closed: list[object] = []
+    real_close = MemoStore.close
+
+    def close(self: MemoStore) -> None:
+        closed.append(self)
+        real_close(self)
+
+    class Failing(OracleGenerator):
+        calls = 0
+
+        def generate(self, prompt: str, **kwargs: object) -> str:  # type: ignore[override]
+            Failing.calls += 1
+            if Failing.calls == 5:
+                raise RuntimeError("model crashed")
+            return super().generate(prompt, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MemoStore, "close", close)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        run_variant("memochat", Failing(), make_conversations(1, 2, 8), MemoConfig(prefilter="none"))
+    assert len(closed) == 1

@@ -40,7 +40,7 @@ def test_answer_then_judge_over_http(tmp_path: Path, bench_file: Path) -> None:
                    MemoConfig(prefilter="none"))  # fmt: skip
     answered = answer(bot, dialogues)
     assert all(c["value"] == "bot reply" for d in answered for c in d["conversations"][1::2])
-    assert bot.store.session_state("mtbench", "d1").turn == 4  # one session per dialogue
+    assert bot.store.session_state("mtbench-1", "d1").turn == 4  # one user and session per dialogue
     # the judge: a real OpenAI-compatible server whose model rates 80, then forgets the brackets, then 60
     ratings = iter(["Fine. [[80]]", "I would say 70.", "Rating: [[60]]"])
     judge_bot = MemoChat(ScriptedGenerator(lambda p, t: next(ratings) if t == "chatting" else "1"),
@@ -72,3 +72,16 @@ def test_bad_files(tmp_path: Path) -> None:
         bad.write_text(content)
         with pytest.raises(BadInputError, match=msg):
             load_mtbench(bad)
+
+
+def test_dialogues_never_retrieve_each_others_memos(tmp_path: Path, bench_file: Path) -> None:
+    """The official memo lives for one dialogue: with the default user-wide memo scope, dialogue 2
+    must not be offered the memos dialogue 1 wrote."""
+    dialogues = load_mtbench(bench_file)
+    gen = ScriptedGenerator(lambda p, t: '[{"topic": "tides", "summary": "s", "start": 1, "end": 2}]' if t == "writing" else "1")
+    with MemoStore(tmp_path / "m.db") as store:
+        answer(MemoChat(gen, store, MemoConfig(prefilter="none", max_lines=4)), dialogues)
+        assert len({m.user for m in store.memos()}) == 3  # each dialogue wrote memos, each under its own user
+    # every dialogue opens with "Explain tides.": no memo exists for it yet, so nothing is retrieved then
+    assert not [p for t, p in gen.calls if t == "retrieval" and "Query Sentence:\nExplain tides.\n" in p]
+    assert any(t == "retrieval" for t, _ in gen.calls)  # later turns do retrieve their own dialogue's memos

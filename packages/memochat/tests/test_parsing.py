@@ -58,3 +58,23 @@ def test_rating_parser() -> None:
 def test_normalize_answer_keeps_lines() -> None:
     assert normalize_answer("  hello   there \n  second    line  ") == "hello there\nsecond line"
     assert normalize_answer("") == ""
+
+
+def test_negative_picks_are_dropped_not_read_as_positive() -> None:
+    # "-2" is not option 2: the sign is kept whether the split or the any-integer fallback reads it
+    assert parse_picks("-2", 4, exclude=(0,)) == []
+    assert parse_picks("-1#-2", 4, exclude=(0,)) == []
+    assert parse_picks("options -2 and -3", 4, exclude=(0,)) == []
+    assert parse_picks("options 2-3", 4, exclude=(0,)) == [1, 2]  # a range's dash is not a sign
+
+
+def test_memo_text_keeps_apostrophes_and_quotes() -> None:
+    text = json.dumps([{"topic": "Ana's trip", "summary": 'the "big" plan,  in  May', "start": 1, "end": 2}])
+    assert parse_memos(text, 2) == [MemoItem("Ana's trip", 'the "big" plan, in May', 1, 2)]
+    broken = "[{'topic': 'trip', 'summary': \"Ana's plan\", 'start': 1, 'end': 2},"  # the token walk keeps them too
+    assert parse_memos(broken, 2) == [MemoItem("trip", "Ana's plan", 1, 2)]
+
+
+def test_an_empty_list_before_the_answer_does_not_hide_it() -> None:
+    text = 'Lines [] are chit-chat. [{"topic": "travel", "summary": "Lisbon", "start": 1, "end": 2}]'
+    assert parse_memos(text, 2) == [MemoItem("travel", "Lisbon", 1, 2)]

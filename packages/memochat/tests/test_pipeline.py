@@ -39,6 +39,19 @@ def test_memo_writing_every_four_turns_and_buffer_keeps_two_lines(store: MemoSto
     assert _tasks(gen)[4:7] == ["writing", "retrieval", "chatting"]
 
 
+def test_official_defaults() -> None:
+    cfg = MemoConfig()
+    assert (cfg.max_lines, cfg.max_words, cfg.keep_lines, cfg.prompt_tokens) == (10, 1024, 2, 1536)
+    assert cfg.seed_lines == ["user: Hi!", "bot: Hi! How can I help you today?"]  # the official session seed
+    assert (cfg.sentinel, cfg.sentinel_summary) == ("NOTO", "None of the others.")
+
+
+def test_new_session_starts_with_the_seed_pair(store: MemoStore, scripted: Callable[..., ScriptedGenerator]) -> None:
+    gen = scripted()
+    MemoChat(gen, store, MemoConfig(prefilter="none")).chat("first")
+    assert "Recent Dialogs:\nuser: Hi! ### bot: Hi! How can I help you today?\n```" in gen.calls[0][1]
+
+
 def test_word_trigger_fires_on_long_messages(store: MemoStore, scripted: Callable[..., ScriptedGenerator]) -> None:
     bot = MemoChat(scripted(), store, MemoConfig(prefilter="none", max_words=50))
     long = " ".join(["word"] * 60)

@@ -93,3 +93,41 @@ def test_index_embeddings_grow_in_place_and_extra_memos_merge_exactly(store: Mem
     _, best = cosine_topk(torch.from_numpy(q[0]), torch.cat([emb, torch.from_numpy(q[1:])]), 5, normalized=True)
     pool = idx.memos + extra
     assert kept == [pool[i] for i in sorted(best.tolist())]
+
+
+def test_index_refresh_racing_another_writer_never_duplicates(store: MemoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A memo committed by another connection between the stamp and the read is loaded once, not twice."""
+    _store(store)
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    other = MemoStore(store.path)
+    real = store.memos
+    racing = {"on": True}
+
+    def memos_after_a_racing_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if racing["on"]:
+            racing["on"] = False
+            other.commit_turn(other.session_state("u", "s"), [NewMemo("raced", "x", [])], None, ["user: r", "bot: r"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "memos", memos_after_a_racing_commit)
+    store.commit_turn(store.session_state("u", "s"), [NewMemo("mine", "x", [])], None, ["user: m", "bot: m"])
+    idx.refresh(store)  # stamp sees "mine"; the read would also see "raced"
+    idx.refresh(store)  # now the stamp sees "raced" too
+    other.close()
+    topics = [m.topic for m in idx.memos]
+    assert topics == [t for t, _ in TOPICS] + ["mine", "raced"]
+    assert [m.id for m in idx.memos] == [m.id for m in real("u")]
+
+
+def test_index_reloads_everything_when_an_append_does_not_add_up(store: MemoStore) -> None:
+    """A removal the stamp saw without its version bump (the stamp's reads are not one snapshot):
+    the index reloads the whole scope instead of keeping only the memos after its last id."""
+    _store(store)
+    idx = MemoIndex("u", None)
+    idx.refresh(store)
+    first = idx.memos[0].id
+    store.conn.execute("DELETE FROM memos WHERE id=?", (first,))  # no memo_version bump
+    store.commit_turn(store.session_state("u", "s"), [NewMemo("new", "x", [])], None, ["user: c", "bot: d"])
+    idx.refresh(store)
+    assert [m.topic for m in idx.memos] == [t for t, _ in TOPICS[1:]] + ["new"]

@@ -62,3 +62,26 @@ def test_raw_http_streaming_sessions_and_errors(server: tuple[str, MemoChat]) ->
         r = httpx.post(f"{url}/chat/completions", json=bad)
         assert r.status_code == 400 and "error" in r.json()
     assert httpx.get(f"{url}/models").json()["data"][0]["id"] == "memochat"
+
+
+def test_a_client_leaving_a_stream_does_not_block_later_turns(tmp_path: Path) -> None:
+    """A streaming client that disconnects mid-answer used to leave the turn lock held: every later
+    request hung. Now the turn finishes on its own (and commits), and the next request is served."""
+    import time
+
+    class Slow(ScriptedGenerator):
+        def stream(self, prompt: str, *, max_new_tokens: int, stop: object = (), task: str = "chatting") -> Iterator[str]:  # type: ignore[override]
+            for i in range(10):
+                time.sleep(0.05)
+                yield f"w{i} "
+
+    bot = MemoChat(Slow(lambda p, t: "ok"), MemoStore(tmp_path / "slow.db"), MemoConfig(prefilter="none"))
+    with running_server(create_app(bot)) as url:
+        with httpx.stream("POST", f"{url}/chat/completions", json={"stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+            for line in r.iter_lines():
+                if "w1" in line:
+                    break  # the client leaves after two pieces
+        out = httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "again"}]}, timeout=10)
+        assert out.status_code == 200 and out.json()["choices"][0]["message"]["content"] == "ok"
+    assert bot.store.lines("default")[-2:] == ["user: again", "bot: ok"] and bot.store.check()["ok"]
+    bot.store.close()

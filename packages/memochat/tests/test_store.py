@@ -15,7 +15,7 @@ from memochat.backends import ScriptedGenerator
 from memochat.bench import kill_test, two_writers
 from memochat.config import MemoConfig
 from memochat.pipeline import MemoChat
-from memochat.store import MIGRATIONS, SCHEMA_VERSION, MemoStore, NewMemo, NotFound, TurnConflict
+from memochat.store import MIGRATIONS, SCHEMA_VERSION, MemoStore, NewMemo, NotFound, TurnConflict, read_export
 from slimkit.errors import BadInputError, CorruptFileError
 
 
@@ -173,7 +173,7 @@ def test_export_import_round_trip(tmp_path: Path, store: MemoStore, scripted: Ca
             copy.import_jsonl(path)
 
 
-@pytest.mark.parametrize("damage", ["bad-json", "unknown-type", "orphan-memo", "wrong-field", "no-header"])
+@pytest.mark.parametrize("damage", ["bad-json", "unknown-type", "orphan-memo", "wrong-field", "no-header", "twice-session", "twice-line"])
 def test_malformed_import_is_rejected_whole(tmp_path: Path, store: MemoStore, scripted: Callable[..., ScriptedGenerator], damage: str) -> None:
     _fill(store, scripted)
     path = tmp_path / "export.jsonl"
@@ -190,6 +190,10 @@ def test_malformed_import_is_rejected_whole(tmp_path: Path, store: MemoStore, sc
         rec = json.loads(lines[-1])
         rec["dialogs"] = "not a list"
         lines[-1] = json.dumps(rec)
+    elif damage == "twice-session":  # the same session again, with its lines: would clash on (session, seq)
+        lines += [x for x in lines if json.loads(x)["type"] in ("session", "line")]
+    elif damage == "twice-line":
+        lines.append(next(x for x in lines if json.loads(x)["type"] == "line"))
     else:
         lines = lines[1:]
     path.write_text("\n".join(lines) + "\n")
@@ -262,3 +266,54 @@ def test_killed_mid_turn_loses_nothing_committed(tmp_path: Path) -> None:
 def test_twenty_kills(tmp_path: Path) -> None:
     res = kill_test(kills=20, seed=0, folder=tmp_path)
     assert res["ok"], res["failures"]
+
+
+def test_a_refused_file_leaves_no_connection_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[sqlite3.Connection] = []
+    closed: list[sqlite3.Connection] = []
+
+    class Tracked(sqlite3.Connection):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    real = sqlite3.connect
+
+    def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = real(*args, factory=Tracked, **kwargs)
+        opened.append(conn)
+        return conn
+
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    (tmp_path / "junk.db").write_bytes(b"this is not a database at all" * 100)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(CorruptFileError, match="not a memochat one"):
+        MemoStore(other)
+    with pytest.raises(CorruptFileError, match="cannot open database"):
+        MemoStore(tmp_path / "junk.db")
+    assert len(opened) == 2 and closed == opened
+
+
+def test_export_is_one_snapshot_while_another_writer_commits(tmp_path: Path, store: MemoStore, scripted: Callable[..., ScriptedGenerator],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A session and memo committed by another process while the export runs are either wholly in it
+    or wholly out of it: never a memo whose session the export lacks (which import would reject)."""
+    _fill(store, scripted, turns=5, user="ana")
+    real = store.memos
+
+    def memos_after_another_writer(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with MemoStore(store.path) as other:
+            other.commit_turn(other.session_state("ana", "late", []), [NewMemo("late", "x", [])], None, ["user: a", "bot: b"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "memos", memos_after_another_writer)
+    path = tmp_path / "e.jsonl"
+    store.export_jsonl(path)
+    records = read_export(path)  # raises on a memo of an unknown session
+    assert {r["session"] for r in records if r["type"] == "memo"} == {"s1"}
+    with MemoStore(tmp_path / "copy.db") as copy:
+        assert copy.import_jsonl(path)["memo"] == 2 and copy.check()["ok"]

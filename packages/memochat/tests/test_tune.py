@@ -59,3 +59,20 @@ def test_add_remove_lora_exact_and_merge() -> None:
     with torch.no_grad():
         merged = model(x).logits
     torch.testing.assert_close(merged, tuned, atol=1e-5, rtol=1e-5)  # the update lives in the weights now
+
+
+def test_remove_lora_without_merge_restores_the_model_exactly() -> None:
+    model, cfg = example()
+    x = model.example_input()  # type: ignore[operator]
+    with torch.no_grad():
+        before = model(x).logits
+    add_lora(model, cfg)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # as if trained: the adapters now change the output
+    with torch.no_grad():
+        assert not torch.equal(model(x).logits, before)
+    remove_lora(model)
+    assert not lora_layers(model) and not any("lora_" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, before)  # the update is gone, bit for bit

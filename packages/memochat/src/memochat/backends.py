@@ -264,16 +264,20 @@ def gguf_to_folder(gguf: Path, cache_dir: str | Path | None = None) -> Path:
         return target
     tmp = root / f".tmp-{gguf.stem}-{key}-{time.time_ns()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The weights are already de-quantized to float; drop the GGUF marker so they can be saved.
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tok.save_pretrained(str(tmp))
-    (tmp / ".complete").write_text(json.dumps({"source": str(gguf)}))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are already de-quantized to float; drop the GGUF marker so they can be saved.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / ".complete").write_text(json.dumps({"source": str(gguf)}))
+    except BaseException:  # a failed or interrupted conversion leaves no half-written folder in the cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.replace(target)
     except OSError:  # another process finished first: keep its folder
@@ -374,7 +378,19 @@ class OpenAIGenerator(Generator):
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                delta = json.loads(data)["choices"][0].get("delta", {}).get("content")
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError as exc:
+                    raise BackendError(f"stream from {url} sent a chunk that is not JSON: {data[:80]!r}") from exc
+                if not isinstance(chunk, dict):
+                    raise BackendError(f"stream from {url} sent a chunk that is not a JSON object: {data[:80]!r}")
+                if chunk.get("error"):
+                    err = chunk["error"]
+                    raise BackendError(f"stream from {url} failed: {err.get('message', err) if isinstance(err, dict) else err}")
+                choices = chunk.get("choices")
+                if not choices or not isinstance(choices[0], dict):  # e.g. the usage chunk some servers end with
+                    continue
+                delta = (choices[0].get("delta") or {}).get("content")
                 if delta:
                     yield str(delta)
         except httpx.TransportError as exc:

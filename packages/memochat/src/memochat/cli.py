@@ -118,36 +118,35 @@ def cmd_chat(args: argparse.Namespace) -> int:
     cfg = _memo_config(args)
     prompts = load_prompts(args.prompts)
     gen = _generator(args)
-    store = _db(args.db, must_exist=False)
-    bot = MemoChat(gen, store, cfg, prompts)
-    messages = list(args.message or [])
-    interactive = not messages
-    if interactive:
-        print("memochat: type a message; /memos lists the memos, /quit ends", file=sys.stderr)
-    while True:
-        if messages:
-            text = messages.pop(0)
-        elif interactive:
-            try:
-                text = input("you: ")
-            except EOFError:
+    with _db(args.db, must_exist=False) as store:  # closed on every exit, a failed turn's included
+        bot = MemoChat(gen, store, cfg, prompts)
+        messages = list(args.message or [])
+        interactive = not messages
+        if interactive:
+            print("memochat: type a message; /memos lists the memos, /quit ends", file=sys.stderr)
+        while True:
+            if messages:
+                text = messages.pop(0)
+            elif interactive:
+                try:
+                    text = input("you: ")
+                except EOFError:
+                    break
+            else:
                 break
-        else:
-            break
-        if text.strip() in ("/quit", "/exit"):
-            break
-        if text.strip() == "/memos":
-            for m in store.memos(args.user, None if cfg.memo_scope == "user" else args.session):
-                print(f"  #{m.id} [{m.session}] {m.topic}: {m.summary}")
-            continue
-        if not text.strip():
-            continue
-        res = bot.chat(text, user=args.user, session=args.session)
-        if args.json:
-            print(json.dumps(res.to_dict()), flush=True)
-        else:
-            print(_turn_human(res, args.show_memos), flush=True)
-    store.close()
+            if text.strip() in ("/quit", "/exit"):
+                break
+            if text.strip() == "/memos":
+                for m in store.memos(args.user, None if cfg.memo_scope == "user" else args.session):
+                    print(f"  #{m.id} [{m.session}] {m.topic}: {m.summary}")
+                continue
+            if not text.strip():
+                continue
+            res = bot.chat(text, user=args.user, session=args.session)
+            if args.json:
+                print(json.dumps(res.to_dict()), flush=True)
+            else:
+                print(_turn_human(res, args.show_memos), flush=True)
     return 0
 
 
@@ -180,9 +179,8 @@ def cmd_memos(args: argparse.Namespace) -> int:
     if action == "import":
         check_input_file(args.file, "import file")
         read_export(args.file)  # checked whole before the database is touched
-        store = _db(args.db, must_exist=False)
-        got = store.import_jsonl(args.file)
-        store.close()
+        with _db(args.db, must_exist=False) as store:
+            got = store.import_jsonl(args.file)
         return report({"imported": got, "database": args.db}, args)
     out = check_output_file(args.file, [".jsonl"]) if action == "export" else None
     store = _db(args.db, must_exist=True)
@@ -325,9 +323,12 @@ def cmd_eval_consistency(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     at_least("kills", args.kills, 0)
     at_least("turns", args.turns, 1)
-    sizes = [int(s) for s in args.memos.split(",")] if args.memos else []
+    try:
+        sizes = [int(s) for s in args.memos.split(",")] if args.memos else []
+    except ValueError:
+        sizes = [0]
     if any(s < 1 for s in sizes):
-        raise BadInputError(f"--memos must be positive integers, got {args.memos}")
+        raise BadInputError(f"--memos must be comma-separated positive integers, got {args.memos!r}")
     out = check_output_dir(args.output, KIND_BENCH) if args.output else None
     if out is not None:
         out = claim_output_dir(out, KIND_BENCH)

@@ -41,6 +41,7 @@ class MemoConfig:
     all a user's sessions (``user``) or of the session only. ``fallback_retrievable``: when memo
     writing parses to nothing, the buffer is kept as a "partial dialogs" memo the LLM can pick
     (``False``: filed under the sentinel as the official code does, so it is never retrieved).
+    ``seed_lines``: the greeting pair every new session's buffer starts with (the official one).
     """
 
     max_lines: int = 10
@@ -54,7 +55,7 @@ class MemoConfig:
     prefilter_k: int = 32
     memo_scope: str = "user"
     fallback_retrievable: bool = True
-    seed_lines: list[str] = field(default_factory=lambda: ["user: Hello!", "bot: Hello! What can I do for you?"])
+    seed_lines: list[str] = field(default_factory=lambda: ["user: Hi!", "bot: Hi! How can I help you today?"])
     sentinel: str = "NOTO"
     sentinel_summary: str = "None of the others."
     seed: int = 0

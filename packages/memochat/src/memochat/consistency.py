@@ -119,8 +119,9 @@ class Conversation:
 
 
 def make_conversations(n: int = 4, sessions: int = 3, turns: int = 20, seed: int = 0) -> list[Conversation]:
-    """``n`` conversations of ``sessions`` x ``turns`` user turns: facts and lists planted in the first
-    session(s), probes (one of each kind per later session, more when there is room) afterwards."""
+    """``n`` conversations of ``sessions`` x ``turns`` user turns: six facts and one list planted at
+    the start of the first session, then exactly one probe of each kind at the end of every later
+    session, filler everywhere else."""
     if n < 1 or sessions < 2 or turns < 8:
         raise BadInputError("need n >= 1, sessions >= 2 and turns >= 8 (the first session plants 7 facts)")
     out = []
@@ -149,9 +150,9 @@ def make_conversations(n: int = 4, sessions: int = 3, turns: int = 20, seed: int
         for s in range(sessions):
             session: list[Turn] = []
             wanted = plants if s == 0 else probes[(s - 1) * 3 : s * 3]
-            slots = sorted(rng.sample(range(turns), min(len(wanted), turns))) if s > 0 else list(range(min(len(wanted), turns)))
-            if s > 0:  # probes come late in their session, after filler has pushed the plants further back
-                slots = list(range(turns - len(slots), turns))
+            n = min(len(wanted), turns)
+            # plants open the first session; probes close their session, after filler has pushed the plants back
+            slots = list(range(n)) if s == 0 else list(range(turns - n, turns))
             for t in range(turns):
                 if t in slots:
                     session.append(wanted[slots.index(t)])
@@ -290,29 +291,31 @@ def run_variant(variant: str, generator: Generator, convs: Sequence[Conversation
             bot = None
             if variant.startswith("memochat"):
                 bot = MemoChat(generator, MemoStore(Path(tmp.name) / f"{ci}.db"), cfg, prm, embedder=embedder)
-            for si, session in enumerate(conv.sessions):
-                for turn in session:
-                    if bot is not None:
-                        res = bot.chat(turn.user, user=conv.id, session=f"s{si}")
-                        answer = res.response
-                        model_s += res.model_s
-                        overhead_s += res.overhead_s
-                    else:
-                        user_line = "user: " + turn.user
-                        lines = history if variant == "full" else []
-                        prompt = _fit_history(generator, prm, lines, user_line, cfg.prompt_tokens)
-                        answer = " ".join(generator.generate(prompt, max_new_tokens=cfg.answer_tokens, task="chatting").split())
-                        history += [user_line, "bot: " + answer]
-                    if turn.probe is not None:
-                        hit = exact_match(answer, turn.probe.expect)
-                        by_kind[turn.probe.kind][0] += int(hit)
-                        by_kind[turn.probe.kind][1] += 1
-                        if on_turn is not None:
-                            on_turn({"variant": variant, "conversation": conv.id, "kind": turn.probe.kind,
-                                     "question": turn.user, "expect": turn.probe.expect, "answer": answer, "hit": hit})  # fmt: skip
-                    bar.update(1)
-            if bot is not None:
-                bot.store.close()
+            try:
+                for si, session in enumerate(conv.sessions):
+                    for turn in session:
+                        if bot is not None:
+                            res = bot.chat(turn.user, user=conv.id, session=f"s{si}")
+                            answer = res.response
+                            model_s += res.model_s
+                            overhead_s += res.overhead_s
+                        else:
+                            user_line = "user: " + turn.user
+                            lines = history if variant == "full" else []
+                            prompt = _fit_history(generator, prm, lines, user_line, cfg.prompt_tokens)
+                            answer = " ".join(generator.generate(prompt, max_new_tokens=cfg.answer_tokens, task="chatting").split())
+                            history += [user_line, "bot: " + answer]
+                        if turn.probe is not None:
+                            hit = exact_match(answer, turn.probe.expect)
+                            by_kind[turn.probe.kind][0] += int(hit)
+                            by_kind[turn.probe.kind][1] += 1
+                            if on_turn is not None:
+                                on_turn({"variant": variant, "conversation": conv.id, "kind": turn.probe.kind,
+                                         "question": turn.user, "expect": turn.probe.expect, "answer": answer, "hit": hit})  # fmt: skip
+                        bar.update(1)
+            finally:  # closed before the temporary folder goes, a failed turn's included
+                if bot is not None:
+                    bot.store.close()
     finally:
         bar.close()
         tmp.cleanup()

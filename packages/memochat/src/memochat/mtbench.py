@@ -7,7 +7,8 @@ File format (``mtbenchplus.json``): a JSON list of dialogues ``{"id", "type", "c
 (or ``<cat>-<id>-<cat>-<id>-Q`` when it refers to two earlier questions).
 
 :func:`answer` fills every chatbot turn by running the dialogue through a :class:`MemoChat`
-(a fresh session per dialogue). :func:`judge` asks an OpenAI-compatible judge model to rate each
+(a user of its own per dialogue, so no dialogue retrieves another's memos, as in the official
+loop, whose memo lives for one dialogue). :func:`judge` asks an OpenAI-compatible judge model to rate each
 final answer 1-100 for consistency with the bot's own earlier answers on the referenced question(s)
 (the judge sees only those turns), reads ``[[rating]]`` (a reply without one is counted as missing,
 not as zero) and averages per type and overall.
@@ -55,14 +56,15 @@ def load_mtbench(path: str | Path) -> list[dict[str, Any]]:
 
 
 def answer(bot: MemoChat, dialogues: Sequence[dict[str, Any]], show_progress: bool = False) -> list[dict[str, Any]]:
-    """Copies of ``dialogues`` with every chatbot turn answered by ``bot`` (one session per dialogue)."""
+    """Copies of ``dialogues`` with every chatbot turn answered by ``bot``: dialogue ``i`` is user
+    ``mtbench-<i>``, session ``<id>``, so its memos stay its own whatever ``memo_scope`` says."""
     out = []
     total = sum(len(d["conversations"]) // 2 for d in dialogues)
     bar = progress(total=total, desc="mtbench", disable=None if show_progress else True)
     for i, d in enumerate(dialogues):
         conv = [dict(t) for t in d["conversations"]]
         for j in range(0, len(conv), 2):
-            res = bot.chat(conv[j]["value"], user="mtbench", session=str(d.get("id", i)))
+            res = bot.chat(conv[j]["value"], user=f"mtbench-{i}", session=str(d.get("id", i)))
             conv[j + 1]["value"] = res.response
             conv[j + 1]["thinking"] = json.dumps(res.thinking)
             bar.update(1)

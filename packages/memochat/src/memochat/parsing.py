@@ -26,7 +26,8 @@ class MemoItem:
 
 
 def _clean(text: str) -> str:
-    return re.sub(r"\s+", " ", text.replace('"', "").replace("'", "")).strip()
+    """Whitespace runs collapsed; the text itself (apostrophes and quotes inside it) kept."""
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def _as_int(value: object) -> int | None:
@@ -50,8 +51,8 @@ def _from_json(text: str) -> list[dict[str, object]] | None:
             except json.JSONDecodeError:
                 end = text.rfind("]", start, end)
                 continue
-            if isinstance(data, list) and all(isinstance(d, dict) for d in data):
-                return data
+            if isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
+                return data  # an empty list (``lines []``) before the real answer does not hide it
             break
         start = text.find("[", start + 1)
     return None
@@ -59,7 +60,7 @@ def _from_json(text: str) -> list[dict[str, object]] | None:
 
 def _from_tokens(text: str) -> list[dict[str, object]]:
     """Walk the quoted strings and integers for ``topic X (summary Y) start N end M`` runs."""
-    tokens = [_clean(t) if t[0] in "'\"" else t for t in _TOKEN.findall(text)]
+    tokens = [_clean(t[1:-1]) if t[0] in "'\"" else t for t in _TOKEN.findall(text)]  # the delimiting quotes dropped
     found: list[dict[str, object]] = []
     i = 0
     while i < len(tokens):
@@ -109,7 +110,7 @@ def parse_memos(text: str, num_lines: int) -> list[MemoItem]:
 def parse_picks(text: str, num_options: int, exclude: tuple[int, ...] = ()) -> list[int]:
     """0-based option indices from a retrieval answer such as ``2#3`` (options numbered from 1).
 
-    The official split on ``#`` first; when that yields no valid number, every integer in the
+    The official split on ``#`` first; when no part is a bare integer, every integer in the
     answer is tried. ``0``, negatives, numbers past ``num_options``, repeats and the options in
     ``exclude`` (the sentinel) are dropped; the official code read ``0`` as the last option.
     """
@@ -125,10 +126,10 @@ def parse_picks(text: str, num_options: int, exclude: tuple[int, ...] = ()) -> l
         return out
 
     split = [p.strip() for p in text.strip().split("#")]
-    picks = valid([int(p) for p in split if re.fullmatch(r"\d+", p)])
-    if picks or any(re.fullmatch(r"\d+", p) for p in split):
+    picks = valid([int(p) for p in split if re.fullmatch(r"-?\d+", p)])
+    if picks or any(re.fullmatch(r"-?\d+", p) for p in split):
         return picks
-    return valid([int(m) for m in re.findall(r"\d+", text)])
+    return valid([int(m) for m in re.findall(r"(?<!\w)-?\d+", text)])  # a sign kept (-2 is not option 2), 2-3 read as 2, 3
 
 
 def parse_rating(text: str) -> int | None:

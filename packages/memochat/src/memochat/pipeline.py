@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,7 +197,7 @@ class MemoChat:
         answer = self._gen(prep.prompt, self.config.answer_tokens, (), "chatting", prep.result)
         return self._commit(prep, answer)
 
-    def chat_stream(self, text: str, user: str = "default", session: str = "default") -> Iterator[str | TurnResult]:
+    def chat_stream(self, text: str, user: str = "default", session: str = "default") -> PyGenerator[str | TurnResult, None, None]:
         """The same turn with the answer streamed: yields text pieces, then the :class:`TurnResult`
         (the turn is committed once the answer is complete; a stream abandoned early commits nothing)."""
         prep = self._prepare(text, user, session)

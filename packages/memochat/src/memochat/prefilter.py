@@ -97,9 +97,14 @@ class MemoIndex:
         version, max_id, count = stamp
         appended = version == self.stamp[0] and max_id > self.stamp[1] >= 0
         new = store.memos(self.user, self.session, after_id=self.stamp[1] if appended else 0, with_embeddings=True)
+        # another process may have committed since the stamp was read: those memos wait for the
+        # next refresh, else they would be counted here and then appended a second time
+        new = [m for m in new if m.id <= max_id]
         if appended and self.stamp[2] + len(new) == count:
             self.memos += [m for m in new if m.retrievable]
         else:
+            if appended:  # the counts do not add up (a removal seen without its version bump): read them all
+                new = [m for m in store.memos(self.user, self.session, with_embeddings=True) if m.id <= max_id]
             self.memos = [m for m in new if m.retrievable]
             self.emb = None
         self._bm25 = None

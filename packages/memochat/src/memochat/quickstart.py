@@ -1,9 +1,9 @@
 """``memochat demo`` / ``make demo``: a short memo conversation with SmolLM2-135M-Instruct on the CPU.
 
-Six user turns about a planned trip (our own text): after the fifth, the buffer is full and the
-model writes its first memos; the sixth asks about a fact from the first turns. Writes
-``transcript.md`` (every turn, the memos written and retrieved) and ``memos.json`` (the store's
-export) into the output folder.
+Six user turns about a planned trip (our own text): after the fourth, the buffer holds 10 lines
+(the seed pair and four turns), so the fifth turn starts by writing the first memos; the sixth asks
+about facts from the first turns. Writes ``transcript.md`` (every turn, the memos written and
+retrieved) and ``memos.json`` (every stored memo, as a JSON list) into the output folder.
 """
 
 from __future__ import annotations

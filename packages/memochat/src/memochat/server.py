@@ -17,6 +17,7 @@ its ``/api/`` routes (:mod:`memochat.web`); with an API key, ``/v1`` and ``/api`
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 import uuid
@@ -119,19 +120,47 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
     return f"data: {json.dumps(data)}\n\n"
 
 
+_END = object()
+
+
 def _stream(bot: MemoChat, lock: threading.Lock, text: str, user: str, session: str, cid: str, created: int, model: str) -> Iterator[str]:
-    with lock:
-        yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
-        try:
-            for piece in bot.chat_stream(text, user=user, session=session):
-                if isinstance(piece, TurnResult):
-                    extra = {"user": user, "session": session, "turn": piece.turn, "written": piece.written, "retrieved": piece.retrieved}
-                    yield _chunk(cid, created, model, {}, "stop", extra)
-                elif piece:
-                    yield _chunk(cid, created, model, {"content": piece})
-        except (BackendError, BadInputError) as exc:
-            yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'backend_error'}})}\n\n"
+    """The turn's server-sent events. The turn runs in a thread of its own, which holds the turn lock
+    from start to commit: a client that stops reading (or disconnects, which leaves this generator
+    suspended, not closed) can never keep the lock and so block every later turn. Closing this
+    generator early abandons the turn, which then commits nothing."""
+    items: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        with lock:
+            turn = bot.chat_stream(text, user=user, session=session)
+            try:
+                for piece in turn:
+                    if stop.is_set():
+                        break
+                    items.put(piece)
+            except BaseException as exc:  # handed to the response below
+                items.put(exc)
+            finally:
+                turn.close()
+                items.put(_END)
+
+    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while (item := items.get()) is not _END:
+            if isinstance(item, (BackendError, BadInputError)):
+                yield f"data: {json.dumps({'error': {'message': str(item), 'type': 'backend_error'}})}\n\n"
+            elif isinstance(item, BaseException):
+                raise item
+            elif isinstance(item, TurnResult):
+                extra = {"user": user, "session": session, "turn": item.turn, "written": item.written, "retrieved": item.retrieved}
+                yield _chunk(cid, created, model, {}, "stop", extra)
+            elif item:
+                yield _chunk(cid, created, model, {"content": item})
         yield "data: [DONE]\n\n"
+    finally:
+        stop.set()
 
 
 @contextmanager

@@ -145,13 +145,19 @@ class MemoStore:
         self._lock = threading.RLock()
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptFileError(f"cannot open database {self.path}: {exc}") from exc
+        try:
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self.conn.execute(f"PRAGMA synchronous = {synchronous}")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise CorruptFileError(f"cannot open database {self.path}: {exc}") from exc
+        except BaseException as exc:  # a refused file leaves no open connection behind
+            self.conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise CorruptFileError(f"cannot open database {self.path}: {exc}") from exc
+            raise
         self.journal_mode = str(mode)
 
     # ------------------------------------------------------------------ plumbing
@@ -176,6 +182,19 @@ class MemoStore:
                 self.conn.execute("ROLLBACK")
                 raise
             self.conn.execute("COMMIT")
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query inside sees the same committed state (WAL snapshot)."""
+        with self._lock:
+            if self.conn.in_transaction:
+                yield self.conn
+                return
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
 
     def schema_version(self) -> int:
         has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -407,7 +426,7 @@ class MemoStore:
         where, args = "", []
         if user is not None:
             where, args = " WHERE u.id = ?", [self.user_id(user)]
-        with self._lock:
+        with self._snapshot():  # users, sessions, lines and memos of one state, whatever other writers do meanwhile
             out: list[dict[str, Any]] = [{"type": EXPORT_KIND, "schema": SCHEMA_VERSION}]
             out += [{"type": "user", "name": r[0]} for r in self.conn.execute(f"SELECT name FROM users u{where} ORDER BY id", args)]
             for r in self.conn.execute("SELECT u.name, s.name, s.turn, s.buffer_from, s.id FROM sessions s "
@@ -415,10 +434,10 @@ class MemoStore:
                 out.append({"type": "session", "user": r[0], "name": r[1], "turn": r[2], "buffer_from": r[3]})
                 for seq, text, turn in self.conn.execute("SELECT seq, text, turn FROM lines WHERE session_id=? ORDER BY seq", (r[4],)):
                     out.append({"type": "line", "user": r[0], "session": r[1], "seq": seq, "text": text, "turn": turn})
-        for m in self.memos(user):
-            d = m.to_dict()
-            d.pop("id")
-            out.append({"type": "memo", **d})
+            for m in self.memos(user):
+                d = m.to_dict()
+                d.pop("id")
+                out.append({"type": "memo", **d})
         return out
 
     def export_jsonl(self, path: str | Path, user: str | None = None) -> int:
@@ -521,6 +540,7 @@ def read_export(path: str | Path) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     users: set[str] = set()
     sessions: set[tuple[str, str]] = set()
+    seqs: set[tuple[str, str, int]] = set()
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -549,6 +569,8 @@ def read_export(path: str | Path) -> list[dict[str, Any]]:
             _need(rec, where, user=str, name=str, turn=int, buffer_from=int)
             if rec["user"] not in users:
                 raise BadInputError(f"{where}: session of unknown user {rec['user']!r}; nothing imported")
+            if (rec["user"], rec["name"]) in sessions:
+                raise BadInputError(f"{where}: session {rec['user']}/{rec['name']} appears twice; nothing imported")
             sessions.add((rec["user"], rec["name"]))
         elif kind in ("line", "memo"):
             _need(rec, where, user=str, session=str, turn=int)
@@ -556,6 +578,9 @@ def read_export(path: str | Path) -> list[dict[str, Any]]:
                 raise BadInputError(f"{where}: {kind} of unknown session {rec['user']}/{rec['session']}; nothing imported")
             if kind == "line":
                 _need(rec, where, seq=int, text=str)
+                if (rec["user"], rec["session"], rec["seq"]) in seqs:
+                    raise BadInputError(f"{where}: line {rec['seq']} of session {rec['user']}/{rec['session']} appears twice; nothing imported")
+                seqs.add((rec["user"], rec["session"], rec["seq"]))
             else:
                 _need(rec, where, topic=str, summary=str, dialogs=list, retrievable=bool)
                 if not all(isinstance(d, str) for d in rec["dialogs"]):
