@@ -75,6 +75,26 @@ def test_bad_inputs_exit_2(folder: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert not any(p.name.startswith(("c.", "s")) for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("doc", [
+    {"person": ["a"], "timelines": {}},
+    {"person": "ROWS", "timelines": {"x": [[0, 1]]}},
+    {"person": "ROWS", "timelines": [1]},
+    {"person": "ROWS", "timelines": {"0": [[0, 1, 2]]}},
+])  # fmt: skip
+def test_malformed_association_file_is_one_line(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                doc: dict[str, object]) -> None:  # fmt: skip
+    rows = len(json.loads((folder / "tracks.json").read_text())["tracks"])
+    bad = tmp_path / "a.json"
+    bad.write_text(json.dumps({**doc, "person": [0] * rows} if doc["person"] == "ROWS" else doc))
+    capsys.readouterr()
+    for argv in (["eval", str(folder), "--association", str(bad)],
+                 ["timeline", str(folder), "--association", str(bad), "-o", str(tmp_path / "t.png")]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "not an association file" in err[0]
+    assert not (tmp_path / "t.png").exists()
+
+
 def test_parser_dispatches_everything() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")

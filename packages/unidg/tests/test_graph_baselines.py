@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from unidg.baselines import finch, finch_partitions, kmeans, knn_threshold, run_
 from unidg.baselines import infomap as infomap_baseline
 from unidg.config import ClusterConfig
 from unidg.graph import cluster, components, density_peaks, relabel, union_find
+from unidg.knn import knn
 from unidg.metrics import score
+from unidg.synth import embedding_clusters
 
 
 def test_union_find_matches_scipy() -> None:
@@ -84,3 +87,22 @@ def test_infomap_missing_package_is_one_line(blobs: tuple[np.ndarray, np.ndarray
     monkeypatch.setitem(sys.modules, "infomap", None)  # what an environment without the package sees
     with pytest.raises(BadInputError, match=r"pip install 'unidg\[infomap\]'"):
         infomap_baseline(blobs[0])
+
+
+def test_knn_threshold_is_one_level_of_components() -> None:
+    # overlapping clusters: the mean-level rounds of ``levels`` would merge many of these components
+    x, _ = embedding_clusters(300, 6, dim=16, sigma=1.0, seed=0)
+    cfg = ClusterConfig(k=5, threshold=0.8, levels=3)
+    sims, idx = knn(x, cfg)
+    keep = (idx >= 0) & (sims >= cfg.threshold)
+    rows = np.broadcast_to(np.arange(300)[:, None], idx.shape)
+    expected = components(300, rows[keep], idx[keep])
+    assert np.array_equal(knn_threshold(x, cfg), expected)
+    assert int(expected.max()) + 1 > int(cluster(x, replace(cfg, neighbours="fixed", decode="threshold")).labels.max()) + 1
+
+
+def test_finch_refuses_a_count_below_one(blobs: tuple[np.ndarray, np.ndarray]) -> None:
+    for bad in (0, -3):  # 0 used to loop forever merging the last cluster with itself
+        with pytest.raises(BadInputError, match="cluster count >= 1"):
+            finch(blobs[0], bad)
+    assert int(finch(blobs[0], 1).max()) == 0 and int(finch(blobs[0], np.int64(12)).max()) == 11

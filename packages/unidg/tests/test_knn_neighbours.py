@@ -78,3 +78,11 @@ def test_rules(blobs: tuple[np.ndarray, np.ndarray]) -> None:
     assert len(set(mutual.degrees().tolist())) > 1  # dynamic: nodes keep different numbers of neighbours
     assert np.allclose(recip.sims, np.einsum("ij,ij->i", x[recip.src], x[recip.dst]), atol=1e-5)
     assert sum(mutual.degree_histogram().values()) == 600
+
+
+def test_ivf_on_fewer_points_than_its_default_lists() -> None:
+    # nlist = 4 sqrt(N) exceeds N below 16 points; faiss k-means then refused to train
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    _, exact = knn(x, ClusterConfig(k=3), backend="torch")
+    _, ivf = knn(x, ClusterConfig(k=3, nprobe=16), backend="faiss-ivf")
+    assert ivf.shape == (10, 3) and np.array_equal(np.sort(ivf, 1), np.sort(exact, 1))

@@ -96,3 +96,10 @@ def test_bad_video_folder(tmp_path: Path, video: Any) -> None:
     (tmp_path / "w" / "tracks.json").write_text(json.dumps({"tracks": []}))
     with pytest.raises(BadInputError, match="not a unidg-tracks file"):
         load_video(tmp_path / "w")
+
+
+@pytest.mark.parametrize("duration", [0.5, 1.0])
+def test_a_video_of_one_second_or_less_has_one_shot(duration: float) -> None:
+    v = simulate(SynthConfig(identities=2, extras=0, duration=duration, dim=8), seed=0)
+    assert v.features.shape[0] == len(v.tracks) >= 1 and {t.shot for t in v.tracks} == {0}
+    assert all(0.0 <= t.start <= t.end <= duration for t in v.tracks)

@@ -2,8 +2,12 @@
 
 Order (reliable cues first), reconstructed from the abstract's "spatial and temporal contexts":
 
-1. every face cluster starts as a character; cannot-link pairs are face clusters holding two face
-   tracks seen in one frame (one person has one face per frame), and no merge may join them;
+1. cannot-link: two face tracks on screen at the same time (a shared frame, or time spans that
+   overlap by more than ``cannot_link_overlap`` seconds) are two people. A face cluster holding
+   such a pair is split first, when track features are given: constrained average-linkage inside
+   the cluster (its tracks merge by mean-feature cosine, best first, every merge that would join a
+   cannot-link pair refused) until only refused merges are left. Then every face cluster starts as
+   a character, and no later merge may join two characters across a cannot-link pair;
 2. face -> body, spatial: a face track links to the body track containing its box (containment
    ``|face & body| / |face|`` and the face centre in the body box's upper part) in at least
    ``min_frames`` shared frames, the body track with most such frames winning; each body cluster then
@@ -145,20 +149,89 @@ def voice_links(tracks: Sequence[Track], config: AssociationConfig | None = None
     return out
 
 
-def _cannot_pairs(tracks: Sequence[Track], node_of: np.ndarray) -> dict[int, set[int]]:
-    faces = [i for i, t in enumerate(tracks) if t.modality == "face"]
+def _cannot_pairs(conflicts: list[tuple[int, int]], node_of: np.ndarray) -> dict[int, set[int]]:
+    """Node-level cannot-link sets from track-level conflict pairs (pairs inside one node are dropped)."""
     cannot: dict[int, set[int]] = defaultdict(set)
+    for a, b in conflicts:
+        na, nb = int(node_of[a]), int(node_of[b])
+        if na != nb:
+            cannot[na].add(nb)
+            cannot[nb].add(na)
+    return cannot
+
+
+def _face_conflicts(tracks: Sequence[Track], overlap: float) -> list[tuple[int, int]]:
+    """Pairs ``(a, b)``, ``a < b``, of face tracks on screen together: a shared frame, or spans overlapping by more
+    than ``overlap`` seconds (tracks sampled at different instants still count)."""
+    faces = [i for i, t in enumerate(tracks) if t.modality == "face"]
+    pairs = []
     for fa, fb in _overlapping([tracks[i] for i in faces], [tracks[i] for i in faces]):
         a, b = faces[fa], faces[fb]
         if a >= b:
             continue
-        ta = {round(t, 3) for t in tracks[a].times}
-        if any(round(t, 3) in ta for t in tracks[b].times):
-            na, nb = int(node_of[a]), int(node_of[b])
-            if na != nb:
-                cannot[na].add(nb)
-                cannot[nb].add(na)
-    return cannot
+        ta, tb = tracks[a], tracks[b]
+        if min(ta.end, tb.end) - max(ta.start, tb.start) > overlap or {round(t, 3) for t in ta.times} & {
+            round(t, 3) for t in tb.times
+        }:
+            pairs.append((a, b))
+    return pairs
+
+
+def _split_cluster(x: np.ndarray, conflicts: list[tuple[int, int]]) -> np.ndarray:
+    """Constrained average-linkage of ``x`` (rows L2-normalised): group ids with no conflict pair in one group.
+
+    Groups merge by the cosine of their mean features, best pair first; a merge joining a conflict pair is
+    refused; it stops when every remaining merge is refused, so only conflicts keep groups apart.
+    O(n^2) per merge for a cluster of n tracks (a video's face clusters hold tens to hundreds).
+    """
+    n = len(x)
+    sums = x.astype(np.float64).copy()
+    counts = np.ones(n)
+    alive = np.ones(n, bool)
+    owner = np.arange(n)
+    sim = x @ x.T
+    for a, b in conflicts:
+        sim[a, b] = sim[b, a] = -np.inf
+    np.fill_diagonal(sim, -np.inf)
+    while True:
+        a, b = (int(v) for v in np.unravel_index(int(np.argmax(sim)), sim.shape))
+        if not np.isfinite(sim[a, b]):
+            return np.unique(owner, return_inverse=True)[1]
+        a, b = min(a, b), max(a, b)
+        sums[a] += sums[b]
+        counts[a] += counts[b]
+        alive[b] = False
+        owner[owner == b] = a
+        blocked = np.isneginf(sim[a]) | np.isneginf(sim[b])  # a conflict with either side blocks the union
+        mean = sums[a] / max(float(np.linalg.norm(sums[a])), 1e-12)
+        means = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        row = means @ mean
+        row[blocked | ~alive] = -np.inf
+        row[a] = -np.inf
+        sim[a], sim[:, a] = row, row
+        sim[b], sim[:, b] = -np.inf, -np.inf
+
+
+def _split_conflicting_faces(
+    tracks: Sequence[Track], full: np.ndarray, features: np.ndarray, conflicts: list[tuple[int, int]]
+) -> int:
+    """Split (in ``full``) every face cluster holding a conflict pair; returns how many clusters were split."""
+    by_cluster: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for a, b in conflicts:
+        if full[a] >= 0 and full[a] == full[b]:
+            by_cluster[int(full[a])].append((a, b))
+    fresh = int(full.max()) + 1
+    for label, pairs in sorted(by_cluster.items()):
+        members = [i for i, t in enumerate(tracks) if t.modality == "face" and full[i] == label]
+        local = {m: j for j, m in enumerate(members)}
+        x = np.asarray(features[members], np.float64)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        groups = _split_cluster(x, [(local[a], local[b]) for a, b in pairs])
+        for m, g in zip(members, groups, strict=True):
+            if g > 0:  # group 0 keeps the cluster's label
+                full[m] = fresh + int(g) - 1
+        fresh += int(groups.max())
+    return len(by_cluster)
 
 
 def _attach(groups: _Groups, links: Mapping[int, int], node_of: np.ndarray, share: float, min_links: int) -> set[int]:
@@ -179,12 +252,15 @@ def _attach(groups: _Groups, links: Mapping[int, int], node_of: np.ndarray, shar
 
 
 def associate(
-    tracks: Sequence[Track], labels: Mapping[str, Any] | np.ndarray, config: AssociationConfig | None = None
+    tracks: Sequence[Track], labels: Mapping[str, Any] | np.ndarray, config: AssociationConfig | None = None,
+    features: np.ndarray | None = None,
 ) -> AssociationResult:
     """Fuse per-modality cluster labels into characters and timelines.
 
     ``labels`` is either one array over all tracks (cluster ids; only equality within a modality
-    matters) or ``{modality: labels of that modality's tracks, in track order}``.
+    matters) or ``{modality: labels of that modality's tracks, in track order}``. ``features``
+    (``[tracks, d]``, the clustered features) lets cannot-link split face clusters that hold two
+    faces seen together; without them such clusters stay whole (counted in ``stats``).
     """
     cfg = config or AssociationConfig()
     n = len(tracks)
@@ -204,13 +280,18 @@ def associate(
         full = np.asarray(labels, np.int64).copy()
         if full.shape != (n,):
             raise BadInputError(f"{full.size} labels for {n} tracks")
+    if features is not None and np.shape(features)[0] != n:
+        raise BadInputError(f"{np.shape(features)[0]} feature rows for {n} tracks")
+    conflicts = _face_conflicts(tracks, cfg.cannot_link_overlap) if cfg.cannot_link else []
+    split = _split_conflicting_faces(tracks, full, np.asarray(features), conflicts) if conflicts and features is not None else 0
     # one node per (modality, cluster); an unlabelled (-1) track is a node of its own
     keys = [(t.modality, int(full[i]) if full[i] >= 0 else -1 - i) for i, t in enumerate(tracks)]
     node_ids: dict[tuple[str, int], int] = {}
     node_of = np.array([node_ids.setdefault(k, len(node_ids)) for k in keys], np.int64)
-    cannot = _cannot_pairs(tracks, node_of) if cfg.cannot_link else {}
+    cannot = _cannot_pairs(conflicts, node_of)
     groups = _Groups(len(node_ids), cannot)
-    stats = {"nodes": len(node_ids), "cannot_link_pairs": sum(len(v) for v in cannot.values()) // 2}
+    stats = {"nodes": len(node_ids), "cannot_link_pairs": len(conflicts), "face_clusters_split": split,
+             "face_conflicts_left": sum(1 for a, b in conflicts if node_of[a] == node_of[b])}  # fmt: skip
     if cfg.use_body:
         fb = face_body_links(tracks, cfg)
         body_to_face = {b: f for f, b in fb.items()}  # the body cluster votes with its tracks' faces

@@ -85,6 +85,8 @@ def finch(features: Any, n_clusters: int | None = None, config: ClusterConfig | 
     """FINCH labels: with ``n_clusters`` the refined partition of exactly that many clusters (the first
     partition holding at least that many, merged down); without it the last partition with more
     than one cluster (or the only one)."""
+    if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1):
+        raise BadInputError(f"FINCH needs a cluster count >= 1, got {n_clusters!r}")
     x = normalize(check_features(features))
     parts = finch_partitions(x, config)
     if n_clusters is None:
@@ -98,9 +100,11 @@ def finch(features: Any, n_clusters: int | None = None, config: ClusterConfig | 
 
 
 def knn_threshold(features: Any, config: ClusterConfig | None = None) -> np.ndarray:
-    """Fixed-k kNN graph, edges with cosine >= ``config.threshold``, connected components."""
+    """Fixed-k kNN graph, edges with cosine >= ``config.threshold``, connected components (one level:
+    ``config.levels`` is ignored, the baseline never clusters cluster means)."""
     cfg = config or ClusterConfig()
-    fixed = ClusterConfig(**{**cfg.__dict__, "neighbours": "fixed", "edge_score": "cosine", "decode": "threshold"})
+    fixed = ClusterConfig(**{**cfg.__dict__, "neighbours": "fixed", "edge_score": "cosine", "decode": "threshold",
+                             "levels": 1})  # fmt: skip
     return cluster(features, fixed).labels
 
 

@@ -91,11 +91,15 @@ def _load_association(path: str, tracks: list[Track]) -> AssociationResult:
     data = load_json(check_input_file(path, "association file", (".json",)))
     if not isinstance(data, dict) or "person" not in data or "timelines" not in data:
         raise BadInputError(f"{path} is not an association file written by 'unidg associate'")
-    person = np.asarray(data["person"], np.int64)
+    try:
+        person = np.asarray(data["person"], np.int64)
+        timelines = {int(k): [(float(s), float(e)) for s, e in v] for k, v in data["timelines"].items()}
+        unassigned, stats = list(data.get("unassigned_voice", [])), dict(data.get("stats", {}))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BadInputError(f"{path} is not an association file written by 'unidg associate' ({exc})") from None
     if person.shape != (len(tracks),):
         raise BadInputError(f"{path} labels {person.size} tracks, the video has {len(tracks)}")
-    timelines = {int(k): [(float(s), float(e)) for s, e in v] for k, v in data["timelines"].items()}
-    return AssociationResult(person, timelines, list(data.get("unassigned_voice", [])), dict(data.get("stats", {})))
+    return AssociationResult(person, timelines, unassigned, stats)
 
 
 # --------------------------------------------------------------------------- simulate / embed
@@ -176,11 +180,12 @@ def cmd_cluster(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_associate(args: argparse.Namespace) -> dict[str, Any]:
     target = check_output_file(args.output, (".json",))
-    tracks, _, _ = load_video(args.video)
+    tracks, feats, _ = load_video(args.video, args.features)
     labels = _load_labels(args.clusters, tracks)
     cfg = AssociationConfig(min_links=args.min_links, containment=args.containment, voice_share=args.voice_share,
+                            cannot_link=not args.no_cannot_link, cannot_link_overlap=args.cannot_link_overlap,
                             use_body=not args.no_body, use_voice=not args.no_voice)  # fmt: skip
-    res = associate(tracks, labels, cfg)
+    res = associate(tracks, labels, cfg, feats)
     save_json(target, {"person": res.person.tolist(), "timelines": {str(k): v for k, v in res.timelines.items()},
                        "unassigned_voice": res.unassigned_voice, "stats": res.stats,
                        "config": config_to_dict(cfg)})  # fmt: skip
@@ -188,7 +193,7 @@ def cmd_associate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
-    tracks, _, _ = load_video(args.video)
+    tracks, feats, _ = load_video(args.video)
     if not _truth(tracks):
         raise BadInputError(f"{args.video}: every track needs its ground-truth \"identity\" to be scored")
     labels = _load_labels(args.clusters, tracks) if args.clusters else None
@@ -197,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     fused = _load_association(args.association, tracks) if args.association else None
     if fused is None:
         assert labels is not None
-        fused = associate(tracks, labels)
+        fused = associate(tracks, labels, features=feats)
     return {"video": str(args.video), **evaluate_video(tracks, labels, fused)}
 
 
@@ -388,11 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_common(sub.add_parser("associate", help="fuse per-modality clusters into characters and timelines"))
     p.add_argument("video")
     p.add_argument("--clusters", required=True, help="clusters .json written by cluster")
+    p.add_argument("--features", default=None, help="the .npy the clusters came from (default: the folder's features.npy)")
     p.add_argument("--min-links", type=int, default=AssociationConfig().min_links)
     p.add_argument("--containment", type=float, default=AssociationConfig().containment)
     p.add_argument("--voice-share", type=float, default=AssociationConfig().voice_share)
     p.add_argument("--no-body", action="store_true", help="skip the face-body step (ablation)")
     p.add_argument("--no-voice", action="store_true", help="skip the voice step (ablation)")
+    p.add_argument("--no-cannot-link", action="store_true", help="never split or keep apart faces seen together (ablation)")
+    p.add_argument("--cannot-link-overlap", type=float, default=AssociationConfig().cannot_link_overlap,
+                   help="seconds two face tracks must overlap to count as seen together (a shared frame always counts)")
     p.add_argument("--output", "-o", required=True, help="association .json")
     p.set_defaults(func=lambda a: report(cmd_associate(a), a, lambda r: f"{r['characters']} characters -> {r['output']}"))
 

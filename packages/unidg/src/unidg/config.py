@@ -7,6 +7,7 @@ Serialized only through :mod:`slimkit.io`; every field is JSON-typed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +126,11 @@ class AssociationConfig:
     - ``voice_overlap``: share of a voice segment a face track must overlap to link them; a voice
       cluster goes to the person holding at least ``voice_share`` of its links, otherwise it stays
       unassigned (off-screen speech).
-    - ``cannot_link``: two face tracks visible in one frame never end up in one character.
+    - ``cannot_link``: two face tracks on screen together (a shared frame, or spans overlapping by more
+      than ``cannot_link_overlap`` seconds) belong to two people: a face cluster holding such a pair
+      is split (when :func:`unidg.associate.associate` gets the track features), and no merge joins
+      two characters across such a pair. ``cannot_link_overlap`` (seconds, default 0: any overlap)
+      tolerates trackers whose fragments of one face overlap at their ends.
     - ``use_body`` / ``use_voice``: the progressive steps, for ablations.
     """
 
@@ -136,6 +141,7 @@ class AssociationConfig:
     voice_overlap: float = 0.3
     voice_share: float = 0.5
     cannot_link: bool = True
+    cannot_link_overlap: float = 0.0
     use_body: bool = True
     use_voice: bool = True
 
@@ -153,3 +159,5 @@ class AssociationConfig:
         self.upper_fraction = float(self.upper_fraction)
         self.voice_overlap = float(self.voice_overlap)
         self.voice_share = float(self.voice_share)
+        _unit("cannot_link_overlap", self.cannot_link_overlap, 0.0, math.inf)
+        self.cannot_link_overlap = float(self.cannot_link_overlap)

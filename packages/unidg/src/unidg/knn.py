@@ -5,7 +5,7 @@ themselves with the self match removed, best first; rows with fewer than ``k`` o
 padded with index ``-1`` and similarity ``-inf``. Features are L2-normalised first, so inner
 product is cosine. ``"auto"`` picks ``slimkit.retrieval.cosine_topk`` (exact, chunked, never the
 N x N matrix) below ``torch_below`` nodes, faiss ``IndexFlatIP`` (exact) below ``exact_below``
-and HNSW or IVF above; a faiss GPU index is used when faiss sees a GPU.
+and HNSW or IVF above; the flat and IVF indexes move to the GPU when faiss sees one (HNSW stays on CPU).
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def _faiss_index(x: np.ndarray, backend: str, config: ClusterConfig) -> Any:
         index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = max(config.ef_search, config.k + 1)
         index.hnsw.efConstruction = 40
-    else:  # IVF-flat: nlist = 4 sqrt(N) clamped, trained on a seeded sample
-        nlist = int(min(4096, max(1, 4 * math.sqrt(n))))
+    else:  # IVF-flat: nlist = 4 sqrt(N) clamped to [1, min(4096, N)] (k-means needs N >= nlist), trained on a seeded sample
+        nlist = int(min(4096, n, max(1, 4 * math.sqrt(n))))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(config.seed)

@@ -92,4 +92,4 @@ def run_video(
 ) -> tuple[dict[str, np.ndarray], AssociationResult, dict[str, Any]]:
     """Cluster each modality, then associate: ``(labels per modality, association, graph info)``."""
     labels, info = cluster_modalities(tracks, features, method, config, n_clusters)
-    return labels, associate(tracks, labels, association), info
+    return labels, associate(tracks, labels, association, features), info

@@ -1,6 +1,7 @@
 """The package's method registry: config type -> handler (``unidg.api.REGISTRY``).
 
-It sits below :mod:`unidg.head` so the handler registers there and :mod:`unidg.api` imports it.
+A module of its own, below :mod:`unidg.api` (where the :class:`~unidg.config.ClusterConfig` handler
+registers), so the registry can be imported without the network and the clustering code.
 """
 
 from __future__ import annotations

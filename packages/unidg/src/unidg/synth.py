@@ -152,7 +152,7 @@ def simulate(config: SynthConfig | None = None, seed: int = 0) -> Video:
     offscreen_voice: list[int] = []
     t, shot, scene_cast = 0.0, 0, np.array([0])
     mu_log = math.log(cfg.shot_mean) - 0.125
-    while t < cfg.duration - 1.0:
+    while shot == 0 or t < cfg.duration - 1.0:  # at least one shot, even in a video of 1 s or less
         scene = shot // cfg.shots_per_scene
         if shot % cfg.shots_per_scene == 0:
             size = min(n_ids, int(rng.integers(2, 5)))

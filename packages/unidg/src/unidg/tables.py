@@ -37,7 +37,7 @@ from unidg.graph import cluster
 from unidg.knn import knn, normalize
 from unidg.metrics import merge_intervals, score
 from unidg.neighbours import select_neighbours
-from unidg.pipeline import cluster_modalities, evaluate_video
+from unidg.pipeline import cluster_modalities, evaluate_video, joint_labels
 from unidg.plots import degree_png, timeline_png
 from unidg.synth import SynthConfig, simulate
 from unidg.training import embed_tracks, load_net
@@ -126,7 +126,7 @@ def _synth(noise: float) -> SynthConfig:
 
 def _fused_f(video: Any, cfg: ClusterConfig, model: EdgeClassifier) -> float:
     labels, _ = cluster_modalities(video.tracks, video.features, "unidg", cfg, edge_model=model)
-    return float(score(video.labels(), associate(video.tracks, labels).person).bcubed_f)
+    return float(score(video.labels(), associate(video.tracks, labels, features=video.features).person).bcubed_f)
 
 
 def train_video_edges(seeds: list[int], val_seed: int, noise: float, cfg: ClusterConfig) -> tuple[EdgeClassifier, dict[str, Any]]:
@@ -146,7 +146,7 @@ def train_video_edges(seeds: list[int], val_seed: int, noise: float, cfg: Cluste
 
 def _joint(video: Any, cfg: ClusterConfig) -> AssociationResult:
     """No progressive association: one clustering of all tracks; timelines from its visual tracks."""
-    labels = run_method("unidg", video.features, cfg)
+    labels = joint_labels(video.features, "unidg", cfg)
     spans: dict[int, list[tuple[float, float]]] = {}
     for t, lab in zip(video.tracks, labels, strict=True):
         if t.modality != "voice":
@@ -190,7 +190,7 @@ def synthetic_table(seeds: list[int], timeline_path: Path | None = None, config:
             else:
                 labels, _ = cluster_modalities(video.tracks, video.features, method, mcfg, counts if oracle else None,
                                                edge_model=model)  # fmt: skip
-                fused = associate(video.tracks, labels, AssociationConfig())
+                fused = associate(video.tracks, labels, AssociationConfig(), video.features)
                 res = evaluate_video(video.tracks, labels, fused, video.timelines, video.main_cast)
                 if seed == seeds[0] and name.startswith("UniDG-style (") and timeline_path is not None:  # the default
                     match = {int(p): t for p, t in res["match"].items()}
@@ -256,7 +256,7 @@ def network_table(seeds: list[int], models: list[Path], config: ClusterConfig | 
             embed_s.append(time.perf_counter() - t0)
         for name, feats in sources:
             labels, _ = cluster_modalities(video.tracks, feats, "unidg", replace(cfg, seed=seed))
-            fused = associate(video.tracks, labels, AssociationConfig())
+            fused = associate(video.tracks, labels, AssociationConfig(), feats)
             per_row.setdefault(name, []).append(_cells(evaluate_video(video.tracks, labels, fused, video.timelines, video.main_cast)))
     summary, markdown = _summarise(per_row)
     return {"table": "network", "seeds": seeds, "rows": summary, "markdown": markdown, "config": cfg.__dict__,
