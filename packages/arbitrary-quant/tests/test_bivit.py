@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -81,10 +82,12 @@ def test_weight_gradient_is_masked_outside_unit_interval():
     assert (lin.weight.abs() > 1).any() and (lin.weight.abs() <= 1).any()
     x = torch.randn(3, 6)
     upstream = torch.randn(3, 4)
-    (BinaryLinear(lin)(x) * upstream).sum().backward()
+    wrapper = BinaryLinear(lin)
+    (wrapper(x) * upstream).sum().backward()
     expected = (upstream.t() @ sgn(x)) * (lin.weight.abs() <= 1).float()
-    assert torch.allclose(lin.weight.grad, expected)
-    assert torch.all(lin.weight.grad[lin.weight.abs() > 1] == 0)
+    assert torch.allclose(wrapper.latent_weight.grad, expected)
+    assert torch.all(wrapper.latent_weight.grad[lin.weight.abs() > 1] == 0)
+    assert lin.weight.grad is None  # training updates the wrapper's copy, never the wrapped Linear
 
 
 def test_input_gradient_follows_approx_sign():
@@ -210,6 +213,24 @@ def test_undo_is_exact(mode):
         assert torch.equal(model.eval()(x), reference)
 
 
+@pytest.mark.parametrize("mode", ["learnable", "sign"])
+def test_training_never_changes_the_wrapped_linears(mode):
+    model = tiny_vit()
+    x, y = batch()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks")}
+    originals = {n: copy.deepcopy(m.state_dict()) for n, m in linears.items()}
+    binarize_vit(model, BiViTConfig(attention=mode)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    unwrap_modules(model)
+    for name, m in linears.items():  # the originals are back, as they were before training
+        assert model.get_submodule(name) is m
+        assert all(torch.equal(v, originals[name][k]) for k, v in m.state_dict().items()), name
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(BadInputError, match="timm Attention"):
         binarize_vit(nn.Sequential(nn.Linear(4, 4)), BiViTConfig())
@@ -320,7 +341,7 @@ def test_bivit_loss_parts_and_teacher_untouched():
     rank_only = BiViTConfig(kd_weight=0.0, rank_weight=1.0)
     total, parts = bivit_loss(student, teacher, x, y, rank_only)
     (total - F.cross_entropy(student(x), y)).backward()
-    assert student.blocks[0].attn.base_layer.qkv.base_layer.weight.grad.abs().sum() > 0
+    assert student.blocks[0].attn.base_layer.qkv.latent_weight.grad.abs().sum() > 0
     with pytest.raises(BadInputError, match="teacher"):
         bivit_loss(student, None, x, y, cfg)
     _, ce_only = bivit_loss(student, None, x, y, BiViTConfig(kd_weight=0.0, ranking_loss=None))
@@ -344,3 +365,17 @@ def test_a_few_training_steps_lower_the_distillation_loss(ranking):
         opt.step()
         losses.append(loss.item())
     assert min(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_a_checkpoint_of_0_1_0_loads_its_trained_weights_into_the_copies():
+    """0.1.0 trained the wrapped Linear itself and saved no copies: those weights must come back as the copies."""
+    torch.manual_seed(0)
+    layer = BinaryLinear(nn.Linear(6, 4))
+    old = {k: v for k, v in layer.state_dict().items() if not k.startswith("latent_")}
+    old = {k: v + 1.0 for k, v in old.items()}  # "trained" weights, saved under base_layer.*
+    fresh = BinaryLinear(nn.Linear(6, 4))
+    fresh.load_state_dict(old)  # strict: nothing missing, nothing unexpected
+    assert torch.equal(fresh.latent_weight, old["base_layer.weight"])
+    assert torch.equal(fresh.latent_bias, old["base_layer.bias"])
+    x = torch.randn(3, 6)
+    assert torch.equal(fresh(x), F.linear(torch.where(x >= 0, 1.0, -1.0), fresh.binary_weight(), old["base_layer.bias"]))

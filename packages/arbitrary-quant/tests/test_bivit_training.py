@@ -99,10 +99,13 @@ def test_student_starts_from_the_teacher_and_distillation_lowers_the_loss(tmp_pa
     originals = {
         k.replace(".base_layer", ""): v
         for k, v in seen.items()
-        if "norm_q" not in k and "norm_k" not in k and "_bin." not in k
+        if "norm_q" not in k and "norm_k" not in k and "_bin." not in k and ".latent_" not in k
     }
     assert set(originals) == set(t_state)
     assert all(torch.equal(originals[k], t_state[k]) for k in t_state)
+    # so does every BinaryLinear's trainable copy of its weight and bias
+    latents = {k.replace(".base_layer", "").replace(".latent_", "."): v for k, v in seen.items() if ".latent_" in k}
+    assert latents and all(torch.equal(v, t_state[k]) for k, v in latents.items())
     # binarized in place, trained with CE + KD + ranking, loss down
     assert {type(m) for _, m in wrapped_modules(student)} >= {BinaryAttention, BinaryLinear}
     assert {"ce", "kd", "rank"} <= set(result.metrics[0])

@@ -230,6 +230,21 @@ def test_calibration_input_errors() -> None:
         calibrate_dfsq(model, ["not a tensor"])
 
 
+def test_a_calibration_that_failed_part_way_leaves_nothing_behind() -> None:
+    config = DFSQConfig(kmeans_iters=20, restarts=2)
+    good, other = _batches(1, seed=1), _batches(1, seed=5)
+    fresh = _edsr()
+    dfsq(fresh, good, config)
+    model = _edsr()
+    apply_dfsq(model, config)
+    with pytest.raises(BadInputError, match="calibration batch"):
+        calibrate_dfsq(model, [*other, "not a tensor"])  # the first batch was recorded, then it failed
+    calibrate_dfsq(model, good)
+    for (name, a), b in zip(fresh.named_modules(), model.modules()):
+        if isinstance(a, DFSQConv):
+            assert isinstance(b, DFSQConv) and torch.equal(a.points, b.points), name
+
+
 # --------------------------------------------------------------------------- end to end
 
 

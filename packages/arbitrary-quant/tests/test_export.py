@@ -321,11 +321,12 @@ def test_bivit_file_holds_sign_bits_and_row_scales(tmp_path: Path) -> None:
     layers: dict[str, Any] = dict(wrapped_modules(model, BinaryLinear))
     assert len(layers) == 8
     for name, m in layers.items():
-        out_f, in_f = m.base_layer.weight.shape
+        out_f, in_f = m.latent_weight.shape
+        assert f"state.{name}.latent_weight" not in raw and f"state.{name}.base_layer.weight" not in raw
         assert raw[f"quant.{name}.signs"].dtype == torch.int32
         assert raw[f"quant.{name}.signs"].shape == (out_f, -(-in_f // 32))
         assert raw[f"quant.{name}.alpha"].shape == (out_f,)
-    _no_float_copy(raw, {n: m.base_layer.weight.detach() for n, m in layers.items()})
+    _no_float_copy(raw, {n: m.latent_weight.detach() for n, m in layers.items()})
     assert raw["state.blocks.0.attn.attn_bin.alpha"].dtype == torch.float32  # attention binarizers as float
     assert raw["state.blocks.0.attn.attn_bin.initialized"].dtype == torch.bool
     assert raw["state.patch_embed.proj.weight"].dtype == torch.float32  # keep_fp layers stay float

@@ -152,6 +152,36 @@ def test_shuffle_mixes_branches_only_where_the_official_basic_block_does():
     assert out == [float(b * 12 + c) for c in range(12) for b in range(2)]
 
 
+class _CifarBlock(nn.Module):
+    """A CIFAR-style BasicBlock: ``shortcut = nn.Sequential()`` (empty) is its identity shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + self.shortcut(x))
+
+
+def test_an_empty_sequential_shortcut_is_an_identity_and_not_shuffled():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()))
+    model.add_module("layer1", _CifarBlock(8, 8, 1))
+    model.add_module("layer2", _CifarBlock(8, 16, 2))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(16, 10))
+    report = apply_multiquant(model, MultiQuantConfig())
+    assert report.shuffled == ["layer2"]  # layer1's empty Sequential is the identity
+
+
 def test_bops_are_k_squared_macs_layer_by_layer_and_storage_is_2g_bits():
     torch.manual_seed(0)
     model = SmallResNet(num_classes=10, in_chans=3).eval()

@@ -69,6 +69,11 @@ def test_patches_are_aligned_deterministic_and_seeded() -> None:
         SRPatches([np.zeros((64, 64, 3), np.uint8)], scale=3, patch_size=32)
 
 
+def test_eval_pairs_refuse_a_crop_smaller_than_the_scale() -> None:
+    with pytest.raises(BadInputError, match="max_size must be an integer >= scale=2"):
+        sr_eval_pairs("test", scale=2, max_size=0)
+
+
 def test_eval_pairs_shapes() -> None:
     pairs = sr_eval_pairs("test", scale=3, max_size=64)
     assert len(pairs) == len(TEST_IMAGES)

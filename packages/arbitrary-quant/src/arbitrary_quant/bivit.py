@@ -6,7 +6,9 @@ What is binarized (as the released code ``YanjingLi0202/Bi-ViT`` does; see the r
   :class:`BinaryLinear`: weights ``alpha_o * sign(W)`` with ``alpha_o = mean_i |W_oi|`` per output
   row (detached), weight gradient through ``clamp(W, -1, 1)`` (``1{|W| <= 1}``); inputs ``sign(x)``
   with Bi-Real's ApproxSign gradient; ``sign(0) = +1``. The bias stays FP and is added (the
-  official ``BiLinearBiReal`` silently drops it; a pretrained bias is kept here).
+  official ``BiLinearBiReal`` silently drops it; a pretrained bias is kept here). Training changes
+  the wrapper's own copies (``latent_weight`` / ``latent_bias``), never the wrapped Linear, so undo
+  gives back the original model exactly, also after training.
 - **Attention** (:class:`BinaryAttention`, wrapping timm's ``Attention`` and calling its own
   ``qkv``/``proj``): a per-head LayerNorm on q and k (``norm_q``/``norm_k`` of the code), then
   q, k, v and the post-softmax map binarized per head, so ``q k^T`` and ``A v`` are binary products.
@@ -74,6 +76,7 @@ from arbitrary_quant.registry import REGISTRY
 from slimkit.distill import kd_kl_loss
 from slimkit.errors import BadInputError
 from slimkit.opcount import FP_BITS
+from slimkit.qlayers import own_params
 from slimkit.quant import sign_binarize
 from slimkit.report import ReportMixin
 from slimkit.ste import round_ste, sign_ste
@@ -109,16 +112,30 @@ def _grad_scale(x: Tensor, scale: float) -> Tensor:
 
 
 class BinaryLinear(WrapperModule):
-    """Bi-Real / XNOR binary Linear over the wrapped ``nn.Linear`` (weights are read, never changed).
+    """Bi-Real / XNOR binary Linear over the wrapped ``nn.Linear`` (never changed: training updates
+    the trainable copies ``latent_weight`` / ``latent_bias`` of its weight and bias).
 
-    ``y = sign(x) @ (alpha * sign(W))^T + b`` with ``alpha = mean|W|`` per output row (detached);
-    weight gradient ``1{|W| <= 1}`` (through ``clamp(W, -1, 1)``), input gradient ApproxSign.
+    ``y = sign(x) @ (alpha * sign(W))^T + b`` with ``W = latent_weight`` and ``alpha = mean|W|`` per
+    output row (detached); weight gradient ``1{|W| <= 1}`` (through ``clamp(W, -1, 1)``), input
+    gradient ApproxSign.
     """
+
+    latent_bias: nn.Parameter | None
 
     def __init__(self, base_layer: nn.Linear) -> None:
         if not isinstance(base_layer, nn.Linear):
             raise BadInputError(f"BinaryLinear wraps an nn.Linear, got {type(base_layer).__name__}")
         super().__init__(base_layer)
+        self.latent_weight, self.latent_bias = own_params(base_layer)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # arbitrary-quant 0.1.0 trained the wrapped Linear itself: its checkpoints hold the trained
+        # weights as base_layer.weight / .bias and no copies. Read those as the copies.
+        for name in ("weight", "bias"):
+            old = f"{prefix}base_layer.{name}"
+            if f"{prefix}latent_{name}" not in state_dict and old in state_dict:
+                state_dict[f"{prefix}latent_{name}"] = state_dict[old]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def linear(self) -> nn.Linear:
@@ -129,24 +146,24 @@ class BinaryLinear(WrapperModule):
 
     def binary_weight(self) -> Tensor:
         """``alpha * sign(W)`` in the forward; the clipped-identity gradient to ``W`` in the backward."""
-        w = self.linear.weight
+        w = self.latent_weight
         alpha = w.detach().abs().mean(dim=1, keepdim=True)
         wb = alpha * torch.where(w.detach() >= 0, 1.0, -1.0).to(w.dtype)
         clipped = torch.clamp(w, -1.0, 1.0)
         return wb + (clipped - clipped.detach())  # forward exactly wb
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(sign_binarize(x, "approx_sign"), self.binary_weight(), self.linear.bias)
+        return F.linear(sign_binarize(x, "approx_sign"), self.binary_weight(), self.latent_bias)
 
     def to_plain(self) -> nn.Module:
         """A plain Linear holding ``alpha * sign(W)`` (the input sign is not representable in it)."""
         base = self.linear
-        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+        plain = nn.Linear(base.in_features, base.out_features, bias=self.latent_bias is not None,
                           device=base.weight.device, dtype=base.weight.dtype)
         with torch.no_grad():
             plain.weight.copy_(self.binary_weight())
-            if base.bias is not None:
-                plain.bias.copy_(base.bias)
+            if self.latent_bias is not None:
+                plain.bias.copy_(self.latent_bias)
         return plain
 
 

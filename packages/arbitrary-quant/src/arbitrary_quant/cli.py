@@ -261,6 +261,7 @@ def cmd_train_bivit(args: argparse.Namespace) -> dict[str, Any]:
         output_dir=str(out), max_steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps, checkpoint_every=args.checkpoint_every, resume_from=args.resume,
         log_every=max(1, args.steps // 20), **common,
+        find_unused_parameters=True,  # the wrapped Linears' original weights: BinaryLinear trains its own copies
     )  # fmt: skip
     first = first_inputs(train_set, args.batch_size)  # the binarizers' scales: the same on every process
     result = train_binary(student, teacher, train_set, config, train_config, init_inputs=first)
@@ -330,7 +331,11 @@ def _export_human(result: dict[str, Any]) -> str:
 def cmd_bops(args: argparse.Namespace) -> dict[str, Any]:
     at_least("image-size", args.image_size, 4)
     if args.method == "bivit":
+        if args.model in BUILTIN_MODELS:
+            raise BadInputError(f"--method bivit counts a timm ViT (e.g. --model deit_tiny_patch16_224); {args.model!r} is a CNN")
         return vit_ops(args.model, args.image_size)
+    at_least("channels", args.channels, 1)
+    at_least("num-classes", args.num_classes, 1)
     config = _multiquant_config(args)
     model: nn.Module = load_model(args.model, num_classes=args.num_classes, in_chans=args.channels)
     x = torch.zeros(1, args.channels, args.image_size, args.image_size)
@@ -366,7 +371,7 @@ def cmd_calibrate(args: argparse.Namespace) -> dict[str, Any]:
     """Post-training quantization of an SR network (a saved EDSR, or ``--arch`` + weights):
     calibrate, score FP and quantized, write the packed model."""
     target = check_output_file(args.output, (".safetensors",))
-    for name in ("patches", "patch-size", "calib-batch"):
+    for name in ("patches", "patch-size", "calib-batch", "eval-max-size"):
         at_least(name, getattr(args, name.replace("-", "_")), 1)
     include = [g.strip() for g in args.include.split(",") if g.strip()] if args.include else None
     exclude = [g.strip() for g in args.exclude.split(",") if g.strip()] if args.exclude else []

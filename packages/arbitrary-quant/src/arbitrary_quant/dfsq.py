@@ -462,6 +462,7 @@ def calibrate_dfsq(model: nn.Module, calibration_batches: Iterable[object]) -> i
     if not layers:
         raise BadInputError("the model holds no DFSQ layer: apply_dfsq(model, config) first")
     for layer in layers:
+        layer._inputs.clear()  # inputs left by an earlier calibration that failed part-way
         layer.set_mode("collect")
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")

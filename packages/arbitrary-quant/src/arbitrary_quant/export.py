@@ -31,8 +31,8 @@ File layout (tensor names; ``L`` is a quantized layer's module name in the *quan
   min/max give the same scale and zero point bit for bit); ``quant.L.points`` float32
   ``[C_in, 2^bits]`` (``activation="subset"``) or ``quant.L.act_range`` float32 ``[2]`` (baselines).
 - Bi-ViT (:class:`~arbitrary_quant.bivit.BinaryLinear`): ``quant.L.signs`` int32
-  ``[out, ceil(in / 32)]``: sign bits (``+1`` = bit 1); ``quant.L.alpha`` float32 ``[out]``:
-  ``W = alpha * sign``. The attention binarizers' ``alpha`` / ``zero_point`` are in ``state.``.
+  ``[out, ceil(in / 32)]``: sign bits (``+1`` = bit 1) of ``latent_weight``; ``quant.L.alpha`` float32
+  ``[out]``: ``W = alpha * sign``. The attention binarizers' ``alpha`` / ``zero_point`` are in ``state.``.
 - Any-Precision baseline (:class:`~arbitrary_quant.baselines.AnyPrecisionLayer`): ``quant.L.codes``
   int32 ``[C_out, words]``: for every ``k`` of the bit list in turn, the packed DoReFa levels
   ``c = round((2^k - 1) * (tanh(w) / (2 max|tanh w|) + 1/2))`` of the flattened row; ``quant.L.scale``
@@ -55,7 +55,7 @@ edited or bit-flipped file is refused rather than loaded as a different model.
 
 Limits, by design: the original FP weights are not in the file, so ``dequantize`` on a loaded
 model does not give the FP model back (MultiQuant / LSQ keep the freshly built model's
-``base_layer.weight``, unused by their forward; DFSQ / Bi-ViT hand back the decoded latent weights).
+``base_layer.weight``, unused by their forward; DFSQ hands back the decoded latent weights).
 Exactness is checked on CPU in float32; elsewhere a reduction may differ by an ulp.
 """
 
@@ -409,20 +409,21 @@ class _BiViT(_Codec):
     method = "bivit"
     config_type = BiViTConfig
     wrapper = BinaryLinear
-    replaced = ("base_layer.weight",)
+    # base_layer.weight is the untouched original: the forward runs latent_weight
+    replaced = ("latent_weight", "base_layer.weight")
 
     def apply(self, model: nn.Module, config: Any) -> None:
         apply_bivit(model, config)
 
     def pack(self, name: str, module: Any) -> tuple[dict[str, Tensor], dict[str, Any], LayerExport]:
-        w = _weight(module).detach().float().cpu()
+        w = module.latent_weight.detach().float().cpu()
         quant = {"signs": pack_signs(w), "alpha": w.abs().mean(dim=1)}
         entry = {"name": name, "kind": self.method, "shape": list(w.shape), "bits": 1}
         report = _layer_report(name, self.method, w.shape, 1, w.numel(), quant, "signs")
         return quant, entry, report
 
     def expected(self, module: Any, entry: dict[str, Any]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        out_f, in_f = _weight(module).shape
+        out_f, in_f = module.latent_weight.shape
         return {"signs": (torch.int32, (out_f, packed_length(in_f, 1))), "alpha": (torch.float32, (out_f,))}
 
     @staticmethod
@@ -457,7 +458,7 @@ class _BiViT(_Codec):
         return best
 
     def decode(self, module: Any, tensors: dict[str, Tensor], entry: dict[str, Any]) -> Callable[[], None]:
-        weight = _weight(module)
+        weight = module.latent_weight
         signs = unpack_signs(tensors["signs"], weight.shape[1])
         latent = self._latent(signs, tensors["alpha"])
 
@@ -588,9 +589,6 @@ def _codec_for(config: Any) -> _Codec:
         known = ", ".join(t.__name__ for t in _CODECS)
         raise BadInputError(f"cannot export a {type(config).__name__} model (exportable configs: {known})")
     return codec
-
-
-# --------------------------------------------------------------------------- checksum
 
 
 # --------------------------------------------------------------------------- export

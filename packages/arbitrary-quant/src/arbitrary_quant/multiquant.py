@@ -431,11 +431,18 @@ def _selected(name: str, config: MultiQuantConfig) -> bool:
 
 
 def _is_downsample_basic_block(module: nn.Module) -> bool:
-    """A two-conv residual block whose shortcut is a projection (``downsample`` or a non-identity ``shortcut``)."""
-    shortcut = getattr(module, "downsample", None) or getattr(module, "shortcut", None)
+    """A two-conv residual block whose shortcut is a projection (``downsample`` or a non-identity ``shortcut``).
+
+    An ``nn.Identity`` or an empty ``nn.Sequential()`` (the CIFAR ResNets' identity shortcut) is no projection.
+    """
+
+    def projection(m: object) -> bool:
+        return isinstance(m, nn.Module) and not isinstance(m, nn.Identity) and not (
+            isinstance(m, nn.Sequential) and len(m) == 0
+        )
+
     return (
-        isinstance(shortcut, nn.Module)
-        and not isinstance(shortcut, nn.Identity)
+        (projection(getattr(module, "downsample", None)) or projection(getattr(module, "shortcut", None)))
         and isinstance(getattr(module, "conv2", None), nn.Conv2d)
         and not hasattr(module, "conv3")
     )

@@ -196,6 +196,8 @@ def sr_eval_pairs(
 ) -> list[tuple[Tensor, Tensor]]:
     """Whole-image ``(lr, hr)`` pairs for evaluation; ``max_size`` centre-crops the HR side (for speed)."""
     _check_scale(scale)
+    if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < scale):
+        raise BadInputError(f"max_size must be an integer >= scale={scale} (or None), got {max_size!r}")
     images = load_hr_folder(folder) if folder is not None else sr_images(split)
     pairs = []
     for img in images.values():
