@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from qdetr import ops
+from qdetr import bench, ops
 from qdetr.bench import BenchSizes, _random_boxes, detr_matcher_score, run_benchmarks, unfused_aligned_quantize
+from qdetr.quantize import apply_qdetr
 from qdetr.reference import MU_GIOU, MU_L1
 
 
@@ -45,6 +46,20 @@ def test_run_benchmarks_reports_every_section_with_positive_ratios() -> None:
     for row in result["rows"]:
         assert row["median_s"] > 0 and row["ratio_vs_baseline"] > 0
     assert result["dtype"] == "float32" and result["env"]["device"].startswith("cpu")
+
+
+def test_training_step_baseline_is_lsq_without_da_and_qdetr_with_it(monkeypatch) -> None:
+    seen: list[str] = []
+
+    def record(model, config):  # type: ignore[no-untyped-def]
+        seen.append(config.alignment)
+        return apply_qdetr(model, config)
+
+    monkeypatch.setattr(bench, "apply_qdetr", record)
+    monkeypatch.setattr(bench, "compare", lambda steps, **kw: {name: {"median_s": 1.0} for name in steps})
+    monkeypatch.setattr(bench, "section_rows", lambda *a: [])
+    bench._training_steps(BenchSizes.quick(), repeats=1, warmup=0)
+    assert seen == ["none", "cross"]  # lsq_4_4_8 is train --method lsq's model, qdetr_4_4_8 has DA
 
 
 def test_cli_bench_writes_json(tmp_path: Path) -> None:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from qdetr.attention import QuantAttention
+from qdetr.bops import detr_ops
 from qdetr.checkpoints import load_model_folder
 from qdetr.cli import build_parser, main
 from qdetr.config import QDetrConfig
 from qdetr.data import CocoDetectionSet
 from qdetr.evaluate import evaluate_model
+from qdetr.models import tiny_detr
 
 
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
@@ -34,6 +40,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_make_data_coins_checks_both_folders_before_writing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "c" / "val").mkdir(parents=True)
+    (tmp_path / "c" / "val" / "mine.txt").write_text("keep")
+    assert main(["make-data", "coins", "--train", "1", "--val", "1", "-o", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty" in err
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["val"]  # no half-written train/
+
+
 def test_make_data_writes_coco_train_and_val_folders(runs: Path) -> None:
     train, val = CocoDetectionSet(runs / "data" / "train"), CocoDetectionSet(runs / "data" / "val")
     assert (len(train), len(val)) == (8, 4) and train.categories == val.categories == [1, 2, 3]
@@ -46,6 +61,9 @@ def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path,
     assert quant is None and extra["method"] == "fp" and type(fp).__name__ == "DetrForObjectDetection"
     assert (runs / "fp" / "model" / "config.json").is_file()  # a transformers save_pretrained folder
     model, quant, extra = load_model_folder(runs / "q" / "model")
+    conv = "model.backbone.model.encoder.stages.1.layers.0.layer.0.convolution"  # the student trained its backbone
+    assert not torch.equal(model.get_submodule(conv).latent_weight, fp.get_submodule(conv).weight)
+    assert all(p.requires_grad for p in model.parameters())  # a reloaded quantized model can be fine-tuned
     assert isinstance(quant, QDetrConfig) and (quant.w_bits, quant.a_bits, quant.attn_bits, quant.alignment) == (4, 4, 8, "cross")
     result = json.loads((runs / "q" / "result.json").read_text())
     assert result["steps"] == 3 and result["bits"] == "4-4-8"
@@ -60,11 +78,73 @@ def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path,
     assert run["drd"]["tau"] == 0.0 and run["quant"]["_type"] == "QDetrConfig"
 
 
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--drd-layers", "last"], "--drd-layers must be comma-separated integers"),
+        (["--drd-layers", "0,5"], r"decoder layers \[5\] out of range"),
+        (["--w-bits", "9"], r"w_bits must be 2\.\.8, got 9"),
+        (["--tau", "1.5"], r"tau must be in \[0, 1\]"),
+    ],
+)
+def test_train_refuses_bad_arguments_in_one_line_before_writing(
+    runs: Path, tmp_path: Path, capsys, extra: list[str], message: str
+) -> None:
+    out = tmp_path / "bad"
+    code = main(["train", "--method", "qdetr", "--data", str(runs / "data" / "train"), "--val-data",
+                 str(runs / "data" / "val"), "--model", str(runs / "fp" / "model"), *extra, "-o", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and re.search(message, err), err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ("outside", "lies outside its image"),
+        ("category", "which is not in categories"),
+        ("image", "unreadable image"),
+    ],
+)
+def test_train_refuses_bad_coco_files_in_one_line(runs: Path, tmp_path: Path, capsys, edit: str, message: str) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(runs / "data" / "train", data)
+    ann = json.loads((data / "annotations.json").read_text())
+    if edit == "outside":
+        ann["annotations"][0]["bbox"][0] = ann["images"][0]["width"] - 1
+    elif edit == "category":
+        ann["categories"] = ann["categories"][1:]
+        ann["annotations"][0]["category_id"] = 1
+    else:
+        (data / "images" / ann["images"][0]["file_name"]).write_bytes(b"not a png")
+    (data / "annotations.json").write_text(json.dumps(ann))
+    out = tmp_path / "run"
+    code = main(["train", "--method", "fp", "--data", str(data), "--val-data", str(runs / "data" / "val"), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_resuming_a_run_with_backbone_pretraining(runs: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(runs / "fp", tmp_path / "fp")
+    result = _json(capsys, "train", "--method", "fp", "--data", str(runs / "data" / "train"), "--val-data",
+                   str(runs / "data" / "val"), "--batch-size", "4", "--steps", "3", "--pretrain-steps", "2",
+                   "--resume", "latest", "-o", str(tmp_path / "fp"))  # fmt: skip
+    assert result["steps"] == 3 and result["backbone_pretraining"] is None  # the checkpoint holds the backbone
+
+
 def test_bops_of_the_tiny_model_follow_the_convention(capsys) -> None:
     r = _json(capsys, "bops", "--model", "tiny", "--height", "64", "--width", "64")
     q = r["quantized"]
     assert q["ops"] == q["fp_flops"] + q["bops"] / 64 and r["speedup"] == r["fp"]["ops"] / q["ops"]
     assert set(q["quantized_macs_by_bits"]) == {"W4A4", "W8A8"} and r["paper_speedup"] == 6.6
+
+
+def test_bops_leaves_the_models_mode_alone() -> None:
+    model = tiny_detr(3).train()
+    r = detr_ops(model, QDetrConfig(), 32, 32)
+    assert model.training and r["speedup"] > 1
+    assert not any(isinstance(m, QuantAttention) for m in model.modules())  # a copy was quantized
 
 
 def test_demo_short_run_scores_both_models(tmp_path: Path, capsys) -> None:

@@ -80,6 +80,8 @@ def test_loaded_model_computes_what_the_fake_quant_model_computes(exported) -> N
             assert torch.equal(m.quantized_weight(), model.get_submodule(name).quantized_weight())
     kept = [k for k in own if not k.endswith(("latent_weight", "weight_quant.step", "base_layer.weight", "base_layer.bias"))]
     assert all(torch.equal(back[k], own[k]) for k in kept) and not loaded.training
+    backbone = [p for n, p in loaded.named_parameters() if n.startswith("model.backbone.")]
+    assert backbone and all(p.requires_grad for p in backbone)  # fine-tunable, as a from_pretrained model
 
 
 def test_file_holds_int32_codes_and_no_float_copy_of_quantized_weights(exported) -> None:

@@ -66,7 +66,6 @@ def unfused_aligned_quantize(q: Tensor, gamma: Tensor, beta: Tensor, step: Tenso
     return lsq_fake_quant(y, step, -qmax - 1, qmax, offset=offset)
 
 
-
 def _random_boxes(n: int, gen: torch.Generator) -> Tensor:
     centre = torch.rand(n, 2, generator=gen) * 0.8 + 0.1
     size = torch.rand(n, 2, generator=gen) * 0.3 + 0.05
@@ -101,8 +100,8 @@ def _training_steps(sizes: BenchSizes, repeats: int, warmup: int) -> list[dict[s
     torch.manual_seed(0)
     fp = tiny_detr(data.num_labels)
     lsq, distilled = copy.deepcopy(fp), copy.deepcopy(fp)
-    for quantized in (lsq, distilled):
-        apply_qdetr(quantized, QDetrConfig(w_bits=4, a_bits=4, attn_bits=8))
+    for quantized, alignment in ((lsq, "none"), (distilled, "cross")):  # the LSQ baseline has no DA (as train --method lsq)
+        apply_qdetr(quantized, QDetrConfig(w_bits=4, a_bits=4, attn_bits=8, alignment=alignment))
         calibrate(quantized, [batch["pixel_values"]])
     steps = {
         "fp": _step_fn(fp, detr_loss, batch),

@@ -30,7 +30,11 @@ PAPER_SPEEDUP = 6.6
 def detr_ops(model: nn.Module, config: QDetrConfig, height: int, width: int) -> dict[str, Any]:
     """FP vs quantized cost of ``model`` (unchanged: a copy is quantized) on one ``height x width`` image."""
     x = torch.zeros(1, 3, height, width)
-    fp = count_ops(model.eval(), pixel_values=x)
+    was = model.training
+    try:
+        fp = count_ops(model.eval(), pixel_values=x)
+    finally:
+        model.train(was)
     student = quantize(copy.deepcopy(model), config).eval()
     q = count_ops(student, pixel_values=x)
     by_bits: dict[str, int] = {}

@@ -68,6 +68,8 @@ def load_model_folder(folder: str | Path) -> tuple[DetrForObjectDetection, QDetr
     if not (path / "model.safetensors").is_file():
         raise BadInputError(f"no model.safetensors in {path}")
     model = DetrForObjectDetection(config)
+    for param in model.parameters():  # trainable, as from_pretrained gives them (a config build freezes the ResNet)
+        param.requires_grad_(True)
     quantize(model, quant)  # two stages end in the same structure as one "all" quantization
     state, _ = load_state_dict(path / "model.safetensors")
     load_into(model, state)

@@ -19,7 +19,8 @@ from qdetr.bench import BenchSizes, run_benchmarks
 from qdetr.bops import detr_ops
 from qdetr.checkpoints import load_model_folder, save_model_folder
 from qdetr.config import ALIGNMENTS, PAIRINGS, SELECTIONS, DRDConfig, QDetrConfig
-from qdetr.data import CocoDetectionSet, collate, make_coins, make_shapes_splits
+from qdetr.data import COINS_KIND, CocoDetectionSet, collate, make_coins, make_shapes_splits
+from qdetr.drd import CoAttendedTap
 from qdetr.evaluate import evaluate_model
 from qdetr.export import export
 from qdetr.models import detr_r50, tiny_detr
@@ -65,6 +66,8 @@ def cmd_make_data(args: argparse.Namespace) -> dict[str, Any]:
                                     max_objects=args.max_objects)  # fmt: skip
     else:
         size = args.image_size or 128
+        for name in ("train", "val"):  # both folders are checked before either is written
+            check_output_dir(out / name, COINS_KIND)
         result = {
             "train": make_coins(out / "train", args.train, args.seed, image_size=size),
             "val": make_coins(out / "val", args.val, args.seed + 1, image_size=size),
@@ -81,8 +84,18 @@ def _quant_config(args: argparse.Namespace) -> QDetrConfig:
                        act_granularity=args.act_granularity, seed=args.seed)  # fmt: skip
 
 
+def _drd_layers(text: str | None) -> list[int]:
+    """``--drd-layers`` ("-1", "0,1") as decoder layer indices; anything else is a one-line error."""
+    if not text:
+        return [-1]
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInputError(f"--drd-layers must be comma-separated integers (decoder layers), got {text!r}") from None
+
+
 def _drd_config(args: argparse.Namespace) -> DRDConfig:
-    layers = [int(x) for x in args.drd_layers.split(",") if x.strip()] if args.drd_layers else [-1]
+    layers = _drd_layers(args.drd_layers)
     return DRDConfig(tau=args.tau, weight=args.drd_weight, layers=layers, select=args.select, pairing=args.pairing)
 
 
@@ -135,6 +148,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         teacher, t_quant, _ = load_model_folder(source)
         if t_quant is not None:
             raise BadInputError(f"--teacher {source} is quantized; the teacher is the full-precision model")
+    if drd is not None and teacher is not None:  # --drd-layers must exist in both decoders, before the first write
+        for net in (model, teacher):
+            CoAttendedTap(net, drd.layers).close()
     plain = CocoDetectionSet(args.data, image_size=args.image_size) if quantized or args.pretrain_steps else None
     calibration = _calibration(plain, args.calibration_images) if plain is not None and quantized else None
     state = process_state()
@@ -147,11 +163,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "drd": config_to_dict(drd) if drd else None, "settings": vars(settings),
         })  # fmt: skip
     pretrained = None
-    if plain is not None and args.pretrain_steps:  # the offline stand-in for an ImageNet backbone (qdetr.pretrain)
+    # the offline stand-in for an ImageNet backbone (qdetr.pretrain); a resumed run's checkpoint already holds it
+    if plain is not None and args.pretrain_steps and args.resume is None:
         pretrained = pretrain_backbone(model, plain, out / "pretrain", args.pretrain_steps, seed=args.seed,
                                        progress=settings.progress, held_out=val_set)  # fmt: skip
     results = fit(model, train_set, args.method, out, settings, quant, teacher, drd, calibration)
-    metrics = evaluate_model(model, val_set, batch_size=args.batch_size)
+    metrics = evaluate_model(model, val_set, batch_size=args.batch_size, device=next(model.parameters()).device)
     summary = {
         "output": str(out), "method": args.method, "steps": sum(r.steps for r in results),
         "final_loss": results[-1].final_loss, "val": metrics,
@@ -171,7 +188,9 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     labels = int(model.config.num_labels or 0)
     if labels != dataset.num_labels:
         raise BadInputError(f"{args.checkpoint} predicts {labels} classes, {args.data} has {dataset.num_labels}")
-    metrics = evaluate_model(model, dataset, batch_size=args.batch_size, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    model.to(device)  # type: ignore[arg-type]
+    metrics = evaluate_model(model, dataset, batch_size=args.batch_size, device=device)
     bits = f"{quant.w_bits}-{quant.a_bits}-{quant.attn_bits}" if quant else "32-32-32"
     return {"checkpoint": str(args.checkpoint), "data": str(args.data), "bits": bits, "images": len(dataset), **metrics}
 

@@ -162,6 +162,8 @@ def _build(detr_config: DetrConfig, config: QDetrConfig, device: str | torch.dev
     """``DetrForObjectDetection(detr_config)`` quantized with ``config``; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]), torch.device(device):
         model = DetrForObjectDetection(detr_config)
+        for param in model.parameters():  # trainable, as from_pretrained gives them (a config build freezes the ResNet)
+            param.requires_grad_(True)
         quantize(model, config)
     return model
 

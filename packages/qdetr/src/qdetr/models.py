@@ -58,7 +58,9 @@ def tiny_detr(num_labels: int, **overrides: Any) -> DetrForObjectDetection:
         dropout=o["dropout"], attention_dropout=0.0, activation_dropout=0.0, auxiliary_loss=True,
     )  # fmt: skip
     model = DetrForObjectDetection(config)
-    for param in model.parameters():  # trained from scratch: HF freezes a (pretrained) ResNet's stem and first stage
+    # trained from scratch: transformers freezes the whole ResNet of a DETR built from a config (its rule meant
+    # to spare stages 1-3 looks for "stage.1", which no v5 parameter name contains: they are "stages.1...")
+    for param in model.parameters():
         param.requires_grad_(True)
     init_like_detr(model)
     return model

@@ -134,15 +134,17 @@ def quantizers(model: nn.Module) -> Iterator[LSQQuantizer]:
 def calibrate(model: nn.Module, batches: Iterable[Tensor]) -> int:
     """Initialise every quantizer's step (and offset) from data: the first batch each one sees sets it.
 
-    Runs in eval mode (dropout off), restores the mode; returns the number of batches run. Under
-    ``accelerate launch``, give every process the same batches so all start from the same steps.
+    Runs in eval mode (dropout off), restores the mode; returns the number of batches run. Each
+    batch is moved to the model's device first. Under ``accelerate launch``, give every process
+    the same batches so all start from the same steps.
     """
     was = model.training
     model.eval()
+    first = next(model.parameters(), None)
     n = 0
     try:
         for x in batches:
-            model(pixel_values=x)
+            model(pixel_values=x if first is None else x.to(first.device))
             n += 1
     finally:
         model.train(was)

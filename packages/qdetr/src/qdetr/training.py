@@ -30,9 +30,12 @@ from qdetr.drd import CoAttendedTap, drd_loss, drd_pairs
 from qdetr.quantize import apply_qdetr, calibrate
 from slimkit.distill import FrozenTeacher, kd_kl_loss
 from slimkit.errors import BadInputError
-from slimkit.train import TrainConfig, TrainResult, train
+from slimkit.train import TrainConfig, TrainResult, find_latest_checkpoint, train
 
-__all__ = ["METHODS", "SCHEDULES", "FitSettings", "detr_loss", "fit", "logit_kd_loss", "method_loss", "qdetr_loss"]
+__all__ = [
+    "METHODS", "SCHEDULES", "FitSettings", "detr_loss", "fit", "follow_device", "logit_kd_loss", "method_loss",
+    "qdetr_loss", "stage_resumes",
+]  # fmt: skip
 
 METHODS = ("fp", "lsq", "logit-kd", "qdetr")
 
@@ -56,12 +59,21 @@ def detr_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str
     return out.loss, _metrics(out)
 
 
+def follow_device(teacher: nn.Module, device: torch.device) -> None:
+    """Move ``teacher`` to ``device`` (the batch's) if it is elsewhere: :func:`slimkit.train.train`
+    places the student and the batches only, so a teacher left on the CPU would meet GPU batches."""
+    param = next(teacher.parameters(), None)
+    if param is not None and param.device != device:
+        teacher.to(device)
+
+
 def logit_kd_loss(teacher: nn.Module, weight: float = 1.0, temperature: float = 1.0) -> LossFn:
     """``L_det + weight * KL(teacher || student)`` over every query's class distribution."""
     frozen = FrozenTeacher(teacher)
 
     def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         out = _forward(model, batch)
+        follow_device(teacher, batch["pixel_values"].device)
         t_out = frozen(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
         kd = kd_kl_loss(out.logits.flatten(0, 1), t_out.logits.flatten(0, 1), temperature)
         return out.loss + weight * kd, {**_metrics(out), "loss_kd": float(kd.detach())}
@@ -69,26 +81,28 @@ def logit_kd_loss(teacher: nn.Module, weight: float = 1.0, temperature: float = 
     return loss_fn
 
 
-def qdetr_loss(teacher: nn.Module, config: DRDConfig) -> LossFn:
-    """``L_det + lambda * L_DRD`` (FQM on the final boxes; co-attended features of ``config.layers``).
+class _QDetrLoss:
+    """The loss :func:`qdetr_loss` returns; :meth:`close` removes its hooks (``fit`` calls it at the end)."""
 
-    The taps are registered on the first call (the student passed to ``loss_fn`` is the model
-    :func:`slimkit.train.train` prepared, possibly wrapped by DDP) and stay for the run.
-    """
-    frozen = FrozenTeacher(teacher)
-    teacher_tap = CoAttendedTap(teacher, config.layers)
-    taps: dict[int, CoAttendedTap] = {}
+    def __init__(self, teacher: nn.Module, config: DRDConfig) -> None:
+        self.teacher = teacher
+        self.frozen = FrozenTeacher(teacher)
+        self.config = config
+        self.teacher_tap = CoAttendedTap(teacher, config.layers)
+        self.taps: dict[int, CoAttendedTap] = {}
 
-    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        config = self.config
         inner = getattr(model, "module", model)
-        tap = taps.get(id(inner))
+        tap = self.taps.get(id(inner))
         if tap is None or not tap.matches(inner):  # new model, or a stage that re-wrapped the decoder
             if tap is not None:
                 tap.close()
-            tap = taps[id(inner)] = CoAttendedTap(inner, config.layers)
+            tap = self.taps[id(inner)] = CoAttendedTap(inner, config.layers)
         out = _forward(model, batch)
-        t_out = frozen(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
-        student_features, teacher_features = tap.take(), teacher_tap.take()
+        follow_device(self.teacher, batch["pixel_values"].device)
+        t_out = self.frozen(pixel_values=batch["pixel_values"], pixel_mask=batch.get("pixel_mask"))
+        student_features, teacher_features = tap.take(), self.teacher_tap.take()
         pairs = drd_pairs(out.pred_boxes.detach(), t_out.pred_boxes, batch["labels"], config)
         kept = sum(int(s.numel()) for s, _ in pairs)
         losses = []
@@ -101,7 +115,21 @@ def qdetr_loss(teacher: nn.Module, config: DRDConfig) -> LossFn:
         total = out.loss + config.weight * drd
         return total, {**_metrics(out), "loss_drd": float(drd.detach()), "drd_pairs": float(kept)}
 
-    return loss_fn
+    def close(self) -> None:
+        """Remove the forward hooks from the teacher and the students (the models compute as before)."""
+        for tap in (self.teacher_tap, *self.taps.values()):
+            tap.close()
+        self.taps.clear()
+
+
+def qdetr_loss(teacher: nn.Module, config: DRDConfig) -> LossFn:
+    """``L_det + lambda * L_DRD`` (FQM on the final boxes; co-attended features of ``config.layers``).
+
+    The student's taps are registered on the first call (the student passed to the loss is the
+    model :func:`slimkit.train.train` prepared, possibly wrapped by DDP) and stay for the run; the
+    returned callable's ``close()`` removes every hook (:func:`fit` calls it when it returns).
+    """
+    return _QDetrLoss(teacher, config)
 
 
 @dataclasses.dataclass
@@ -172,22 +200,51 @@ def fit(
     ``fp``: one run of ``settings.steps`` in ``output_dir``. Otherwise ``quant`` (the full config)
     quantizes the backbone first (``scope="backbone"``, ``backbone_steps`` in ``output_dir/stage1``),
     then the rest (``output_dir/stage2``, the remaining steps); each stage starts by calibrating the
-    quantizers it added on ``calibration`` (one batch of pixels every process shares).
+    quantizers it added on ``calibration`` (one batch of pixels every process shares);
+    ``settings.resume`` resumes each stage as :func:`stage_resumes` says. The loss's hooks (DRD's
+    taps on teacher and student) are removed when it returns.
     """
     out = Path(output_dir)
-    loss_fn = method_loss(method, teacher, drd, settings.kd_weight)
-    if method == "fp":
-        return [train(model, train_set, settings.train_config(out, settings.steps), loss_fn=loss_fn, collate_fn=collate,
-                      )]
-    if quant is None or calibration is None:
+    if method != "fp" and (quant is None or calibration is None):
         raise BadInputError(f"--method {method} needs a quantization config and a calibration batch")
-    results = []
-    stages = [("stage1", "backbone", settings.backbone_steps), ("stage2", "all", settings.steps - settings.backbone_steps)]
-    for folder, scope, steps in stages:
-        if steps == 0:
-            continue
-        apply_qdetr(model, dataclasses.replace(quant, scope=scope))
-        calibrate(model, [calibration])
-        config = settings.train_config(out / folder, steps)
-        results.append(train(model, train_set, config, loss_fn=loss_fn, collate_fn=collate, ))
-    return results
+    loss_fn = method_loss(method, teacher, drd, settings.kd_weight)
+    try:
+        if method == "fp":
+            return [train(model, train_set, settings.train_config(out, settings.steps), loss_fn=loss_fn,
+                          collate_fn=collate)]  # fmt: skip
+        assert quant is not None and calibration is not None
+        results = []
+        stages = [("stage1", "backbone", settings.backbone_steps),
+                  ("stage2", "all", settings.steps - settings.backbone_steps)]  # fmt: skip
+        resumes = stage_resumes(settings.resume, out, [folder for folder, _, steps in stages if steps])
+        for folder, scope, steps in stages:
+            if steps == 0:
+                continue
+            apply_qdetr(model, dataclasses.replace(quant, scope=scope))
+            calibrate(model, [calibration])
+            config = dataclasses.replace(settings.train_config(out / folder, steps), resume_from=resumes[folder])
+            results.append(train(model, train_set, config, loss_fn=loss_fn, collate_fn=collate))
+        return results
+    finally:
+        close = getattr(loss_fn, "close", None)
+        if close is not None:
+            close()
+
+
+def stage_resumes(resume: str | None, out: Path, folders: list[str]) -> dict[str, str | None]:
+    """What each stage folder (``out/<folder>``, in training order) resumes from.
+
+    ``"latest"``: every stage that holds a checkpoint resumes from its newest one (a finished stage
+    from its ``final`` checkpoint, so it trains no further), a stage without one starts afresh (the
+    run was stopped before it began). A checkpoint path resumes its own stage; the stages before it
+    had finished (``"latest"``), the ones after it start afresh. ``None``: every stage afresh.
+    """
+    if resume is None:
+        return dict.fromkeys(folders)
+    if resume == "latest":
+        return {f: "latest" if find_latest_checkpoint(out / f) is not None else None for f in folders}
+    path = Path(resume).resolve()
+    owner = next((i for i, f in enumerate(folders) if path.is_relative_to((out / f).resolve())), None)
+    if owner is None:
+        raise BadInputError(f"--resume {resume} is not a checkpoint of this run's stages ({', '.join(folders)} in {out})")
+    return {f: "latest" if i < owner else (resume if i == owner else None) for i, f in enumerate(folders)}
