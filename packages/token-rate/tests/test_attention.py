@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from token_rate.attention import softmax_with_policy
+from token_rate.attention import attend, softmax_with_policy
 
 EPS = 1e-6
 
@@ -66,3 +66,20 @@ def test_importance_without_class_token_averages_over_active_queries_and_heads()
     torch.testing.assert_close(_importance_from(attn, False, 1, mask), expect[:, 1:])
     torch.testing.assert_close(_importance_from(attn, False, 0), attn.mean(dim=(1, 2)))  # unmasked: every query
     torch.testing.assert_close(_importance_from(attn, True, 1), attn[:, :, 0, 1:].mean(dim=1))  # class row
+
+
+@pytest.mark.parametrize("scale", [0.125, 0.37])
+def test_fused_and_explicit_attention_use_the_same_scale(scale):
+    """The fused SDPA path must apply the module's ``scale`` (HF passes ``attn.scaling``), not SDPA's
+    default 1/sqrt(head_dim), or it diverges from the explicit path for any other scale."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 9, 16) for _ in range(3))
+    size = torch.rand(2, 9, 1) + 0.5
+    common = dict(scale=scale, size=size, mask=None, dropout_p=0.0, want_importance=True,
+                  has_class_token=True, num_prefix=1)
+    fused, imp_fused = attend(q, k, v, explicit=False, **common)
+    manual, imp_manual = attend(q, k, v, explicit=True, **common)
+    ref = (((q * scale) @ k.transpose(-2, -1)) + size.log()[:, None, None, :, 0]).softmax(-1) @ v
+    torch.testing.assert_close(manual, ref)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(imp_fused, imp_manual, atol=1e-6, rtol=1e-5)

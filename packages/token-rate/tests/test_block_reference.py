@@ -184,8 +184,10 @@ def timm_reference(model: nn.Module, images: Tensor, step: Step, prop_attn: bool
     if m.global_pool == "token":
         pooled = feats[:, 0]
     else:  # size-weighted mean over the patch tokens (DiffRate's MAE head, ToMe's MAE pool)
-        assert m.global_pool in ("avg", "avgmax") and not m.pool_include_prefix
+        assert m.global_pool in ("avg", "avgmax", "max") and not m.pool_include_prefix
         p = m.num_prefix_tokens
+        if m.global_pool == "max":  # timm's max pool over the kept patch tokens (sizes do not enter)
+            return F.linear(_ln(feats[:, p:].amax(dim=1), m.fc_norm), m.head.weight, m.head.bias), per_block
         pooled = (feats[:, p:] * t.size[:, p:]).sum(dim=1) / t.size[:, p:].sum(dim=1)
         if m.global_pool == "avgmax":  # timm's avgmax: half the mean plus half the max of the kept tokens
             pooled = 0.5 * (feats[:, p:].amax(dim=1) + pooled)
@@ -314,14 +316,14 @@ def test_hf_matches_reference(hf_model, images, method):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["global_pool", "avgmax", "vit", "no_cls_avg"])
+@pytest.mark.parametrize("variant", ["global_pool", "avgmax", "max", "vit", "no_cls_avg"])
 @pytest.mark.parametrize("mode", ["official", "weighted"])
 def test_search_mode_matches_sliced_reference(timm_model, images, variant, mode):
     """Training-mode search masks tokens out of the keys and the pool instead of removing them; its
     output must equal the sliced model's (the reference) at the current hard counts. The kept tokens
     are the first ``count`` of the sequence, in rank order, with the reference's sizes."""
-    if variant == "avgmax":  # masked tokens must not win the max either
-        model = timm_model("global_pool", depth=4, global_pool="avgmax")
+    if variant in ("avgmax", "max"):  # masked tokens must not win the max either
+        model = timm_model("global_pool", depth=4, global_pool=variant)
     else:
         model = timm_model(variant, depth=4)
     init = Schedule([17, 15, 11, 8], [17, 12, 9, 6])  # the avg-pool model keeps its last block fixed

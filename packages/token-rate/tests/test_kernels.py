@@ -109,3 +109,28 @@ def test_merge_triton_is_deterministic(mt):
     a = K.merge_triton(x, size, src, src_size, idx, "weighted")
     b = K.merge_triton(x, size, src, src_size, idx, "weighted")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.interpret
+@interp
+@pytest.mark.parametrize("mode", MERGE_MODES)
+def test_merge_triton_strided_views_match_reference(mode):
+    """The patched blocks pass strided views (ToMe's ``size[:, 1::2]``, DiffRate's ``size[:, :km]``);
+    the kernel must not write the new sizes with the input view's strides."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 40, 16)
+    size = torch.rand(2, 40, 1) + 0.5
+    dst, dst_size = x[:, 1::2], size[:, 1::2]           # every other row: stride 2 along tokens
+    src, src_size = x[:, 0::2][:, :6], size[:, 0::2][:, :6]
+    idx = torch.randint(0, dst.shape[1], (2, 6))
+    assert not dst_size.is_contiguous()
+    out, new_size = K.merge_triton(dst, dst_size, src, src_size, idx, mode)
+    ref_out, ref_size = ops._merge_ref(dst, dst_size, src, src_size, idx, mode)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_size, ref_size, atol=1e-5, rtol=1e-5)
+    # A prefix slice (DiffRate's destinations) as well.
+    idx = torch.randint(0, 20, (2, 10))
+    out, new_size = K.merge_triton(x[:, :20], size[:, :20], x[:, 20:30], size[:, 20:30], idx, mode)
+    ref_out, ref_size = ops._merge_ref(x[:, :20], size[:, :20], x[:, 20:30], size[:, 20:30], idx, mode)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_size, ref_size, atol=1e-5, rtol=1e-5)

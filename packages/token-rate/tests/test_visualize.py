@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import token_rate
 from slimkit.errors import BadInputError
 from token_rate import Schedule, ToMeConfig
 from token_rate.flops import tome_token_counts
@@ -125,6 +126,22 @@ def test_groups_after_each_block_match_the_schedule_counts():
     assert last_tokens == kept[-1] and np.array_equal(last_groups, traced[-1][1])
     groups, tokens = trace_groups(model, image, schedule, block=-1)
     assert tokens == last_tokens and np.array_equal(groups, last_groups)
+
+
+def test_tracing_a_patched_model_replaces_its_patch(tmp_path):
+    """Like patch(), tracing an already patched model uses the given config only (the inspection of
+    the blocks used to refuse the patched block classes)."""
+    model = _model()
+    image = torch.randn(1, 32, 32)
+    schedule = _prune_merge_schedule(model_dims(model).num_tokens)
+    plain = trace_block_groups(model, image, schedule, "all")
+    token_rate.patch(model, ToMeConfig(r=5))
+    patched = trace_block_groups(model, image, schedule, "all")
+    assert [(b, t) for b, _, t in patched] == [(b, t) for b, _, t in plain]
+    assert all(np.array_equal(g1, g2) for (_, g1, _), (_, g2, _) in zip(plain, patched))
+    assert token_rate.get_context(model).method == "tome"  # the caller's model keeps its own patch
+    summary = visualize(model, np.zeros((32, 32, 3), dtype=np.uint8), {"s": schedule}, tmp_path / "v.png")
+    assert summary["panels"]["s"]["tokens"] == schedule.effective()[-1]
 
 
 def test_tome_groups_after_a_block():

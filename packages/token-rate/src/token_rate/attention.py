@@ -64,7 +64,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, *, scale: float, size: Tensor | None
         if dropout_p > 0.0:
             attn = F.dropout(attn, p=dropout_p)
         return attn @ v, importance
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
     if want_importance:
         with torch.no_grad():
             if has_class_token:

@@ -21,8 +21,9 @@ GMACs assume (:meth:`Schedule.effective`'s running minimum, ToMe's capped ``r``)
 
 Deliberate differences from the official code, none of which changes which tokens survive: a block
 that compresses nothing skips the sort (the official code re-sorts every block, which only permutes
-tokens), and similarity-scaled sizes are clamped at 0 outside training so that ``log(size)`` stays
-finite if a best match ever has negative cosine similarity (the official code does not clamp there).
+tokens), and similarity-scaled sizes are clamped at 0 wherever the training-mode clamp at 1 does
+not apply (eval mode, or ``size_clamp_in_train=False``) so that ``log(size)`` stays finite if a best
+match ever has negative cosine similarity (the official code does not clamp there).
 """
 
 from __future__ import annotations

@@ -241,7 +241,10 @@ def merge_triton(
     new_size = torch.empty_like(size, memory_format=torch.contiguous_format)
     if bsz == 0 or nd == 0:
         return out, new_size
+    # The kernel reads ``size`` and writes ``new_size`` (and ``x`` / ``out``) with the same strides, so
+    # both inputs must share their outputs' contiguous layout (callers pass strided views).
     x = x.contiguous()
+    size = size.contiguous()
     src = src.to(x.dtype)
     idx = idx.to(torch.int64)
 

@@ -124,7 +124,8 @@ class TimmBlockMixin:
 
 
 class TimmModelMixin:
-    """Size-weighted pooling for average-pool heads (MAE-style); everything else is timm's."""
+    """Size-weighted pooling for average-pool heads (MAE-style) and, in search mode, pools that skip
+    the masked tokens; everything else is timm's."""
 
     _token_rate: TokenRateContext
 
@@ -132,6 +133,10 @@ class TimmModelMixin:
         model: Any = self
         st = self._token_rate.state
         pool_type = model.global_pool if pool_type is None else pool_type
+        if pool_type == "max" and st.mask is not None and st.mask.shape[1] == x.shape[1]:
+            # Search mode: masked tokens are not in the sliced model, so they cannot win the max.
+            start = 0 if model.pool_include_prefix else model.num_prefix_tokens
+            return x[:, start:].masked_fill(st.mask[:, start:, None] <= 0.5, float("-inf")).amax(dim=1)
         if pool_type in ("avg", "avgmax") and st.size is not None and st.size.shape[1] == x.shape[1]:
             start = 0 if model.pool_include_prefix else model.num_prefix_tokens
             xs = x[:, start:]

@@ -25,7 +25,7 @@ from slimkit.errors import BadInputError
 from slimkit.plot import save_png
 from token_rate.config import DiffRateConfig, ToMeConfig
 from token_rate.models import input_spec
-from token_rate.patch import _inspect, get_context, patch, token_source
+from token_rate.patch import _inspect, get_context, model_dims, patch, token_source, unpatch
 
 __all__ = ["token_groups", "render_groups", "trace_groups", "trace_block_groups", "resolve_blocks", "visualize"]
 
@@ -115,7 +115,8 @@ def trace_block_groups(model: nn.Module, image: Tensor, config: Any, blocks: Blo
     Forward hooks on the chosen blocks copy the context's source map when each block returns; the
     compression step runs inside the block, so that is the token state the next block receives.
     """
-    clone = copy.deepcopy(model).eval()
+    # A patched model is traced under ``config`` alone, as patch() replaces a previous patch.
+    clone = unpatch(copy.deepcopy(model)).eval()
     layers = _inspect(clone)[1]  # before patching: the check wants the unpatched block classes
     chosen = resolve_blocks(blocks, len(layers))
     patch(clone, _with_trace(config))
@@ -188,7 +189,7 @@ def visualize(
     shown_np = np.kron(shown_np, np.ones((scale, scale, 1), dtype=np.uint8))
     panels = [("input", shown_np, None)]
     summary: dict[str, Any] = {"output": str(output), "panels": {}}
-    depth = len(_inspect(model)[1])
+    depth = model_dims(model).depth
     chosen = resolve_blocks(block, depth)
     many = len(chosen) > 1
     for name, config in configs.items():
