@@ -72,15 +72,19 @@ def test_sparsify_in_place_returns_model_and_unsparsify_restores_exactly(
     x = torch.randn(2, 3, 8, 8)
     before = _outputs(model, x)
     modules = dict(model.named_modules())
+    original = {n: m.weight.detach().clone() for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
     config = METHOD_CONFIGS[method](pattern="2:4")
     assert nm_sparse.sparsify_(model, config) is model
     if method != "dense":
         assert nm_layers(model)
-    if method in ("srste", "spre", "bimask", "transposable"):  # dynamic masks: the dense weights are untouched
-        assert nm_sparse.unsparsify(model) is model
-        assert not any(isinstance(m, NMLayer) for m in model.modules())
-        assert dict(model.named_modules()).keys() == modules.keys()
-        assert all(model.get_submodule(n) is m for n, m in modules.items() if n)  # the very same modules, BNs included
+    fixed = {name: layer.forward_mask().clone() for name, layer in nm_layers(model) if method in ("asp", "unstructured")}
+    assert nm_sparse.unsparsify(model) is model
+    assert not any(isinstance(m, NMLayer) for m in model.modules())
+    assert dict(model.named_modules()).keys() == modules.keys()
+    assert all(model.get_submodule(n) is m for n, m in modules.items() if n)  # the very same modules, BNs included
+    if method in ("asp", "unstructured"):  # they prune in place (ASP recipe): undo keeps the pruned zeros
+        assert fixed and all(torch.equal(model.get_submodule(n).weight, original[n] * fixed[n]) for n in fixed)
+    else:  # dense and the dynamic masks never touch the weights
         assert torch.equal(_outputs(model, x), before)
 
 

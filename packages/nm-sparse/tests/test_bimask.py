@@ -534,3 +534,37 @@ def test_state_buffers_live_on_the_weight_device() -> None:
         "step_count": "cuda",
         "perm_score": "cuda",
     }
+
+
+@pytest.mark.parametrize("refresh", ["step", "forward"])
+@pytest.mark.parametrize("resume_at", [3, 4, 5])
+def test_resume_draws_the_same_candidates_as_an_uninterrupted_run(refresh: str, resume_at: int) -> None:
+    """The candidate generator is not in the state dict: loading one must still continue its stream."""
+    x = torch.randn(2, 16)
+
+    def tick(layer: BiMaskLayer) -> None:
+        if refresh == "step":
+            layer.on_step()
+        else:
+            layer(x)
+
+    def make() -> BiMaskLayer:
+        layer = BiMaskLayer(nn.Linear(16, 16), NMPattern(2, 4), candidates=3, interval=2, refresh=refresh, seed=7)
+        layer.train()
+        return layer
+
+    torch.manual_seed(0)
+    whole = make()
+    perms = []
+    for i in range(10):
+        tick(whole)
+        perms.append(whole.perm.clone())
+        if i + 1 == resume_at:
+            saved = {k: v.clone() for k, v in whole.state_dict().items()}
+    torch.manual_seed(0)
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for i in range(resume_at, 10):
+        tick(resumed)
+        assert torch.equal(resumed.perm, perms[i]), i
+    assert len({tuple(p.tolist()) for p in perms}) > 2  # the searches after the resume did pick new orders

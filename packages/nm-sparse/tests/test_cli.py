@@ -150,11 +150,15 @@ def test_table_training_options_reach_every_run(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(sweep, "train", spy(sweep.train))
     monkeypatch.setattr(sweep, "fit", spy(sweep.fit))
     code, out, _ = _run(
-        capsys, "table", "--methods", "asp,srste", "--patterns", "2:4", "--seeds", "0", "--steps", "4",
+        capsys, "table", "--methods", "asp,srste,transposable", "--patterns", "2:4", "--seeds", "0", "--steps", "4",
         "--weight-decay", "0.01", "--warmup-steps", "3", "--json",
     )  # fmt: skip
     assert code == 0 and out is not None
-    assert seen == [("asp_2of4_0_dense", 0.01, 3), ("asp_2of4_0_sparse", 0.01, 3), ("srste_2of4_0_train", 0.01, 3)]
+    # transposable is a dynamic (SR-STE, from scratch) method like Bi-Mask, which it is compared with
+    assert seen == [
+        ("asp_2of4_0_dense", 0.01, 3), ("asp_2of4_0_sparse", 0.01, 3), ("srste_2of4_0_train", 0.01, 3),
+        ("transposable_2of4_0_train", 0.01, 3),
+    ]  # fmt: skip
     assert " --weight-decay 0.01 --warmup-steps 3 " in out["command"]
 
 
@@ -262,6 +266,9 @@ def test_demo_writes_deployed_model(tmp_path: Path, capsys: pytest.CaptureFixtur
         (["--resume", "latest"], "nothing to resume"),
         (["--batch-size", "0"], "--batch-size"),
         (["--checkpoint-every", "-2"], "--checkpoint-every"),
+        # a sparse method that fits no layer would train and save a dense model under its name
+        (["--method", "transposable", "--pattern", "2:8"], "transposable 2:8 applies to no layer"),
+        (["--pattern", "2:3"], "srste 2:3 applies to no layer"),
     ],
 )
 def test_failed_train_writes_nothing(
@@ -311,3 +318,13 @@ def test_table_on_a_generated_set_uses_its_test_split(tmp_path: Path, capsys: py
     (acc,) = out["rows"][0]["top1"]
     assert acc * 2000 == pytest.approx(round(acc * 2000), abs=1e-6)  # a share of the 2,000 test crops
     assert (tmp_path / "t" / "table.md").read_text().startswith("crops (test) top-1 (%)")
+
+
+def test_table_refuses_a_method_that_fits_no_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "table"
+    code, _, err = _run(
+        capsys, "table", "--methods", "dense,transposable", "--patterns", "2:4,2:8", "--seeds", "0",
+        "--steps", "1", "-o", str(out),
+    )  # fmt: skip
+    assert code == 2 and "transposable 2:8 applies to no layer" in err and "m <= 4" in err
+    assert err.count("\n") == 1 and not out.exists()

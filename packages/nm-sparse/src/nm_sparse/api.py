@@ -8,7 +8,10 @@ own: :mod:`nm_sparse.srste`, :mod:`nm_sparse.spre`, :mod:`nm_sparse.bimask`,
 * :func:`sparsify_` changes the model in place and returns it (torchao ``quantize_`` style);
 * :func:`sparsify` does the same and returns the :class:`~nm_sparse.sparsify.SparsifyReport`;
 * :func:`unsparsify` / :func:`unwrap` put the original modules back (``base_layer`` and any
-  BatchNorm a SpRe wrapper absorbed): the model computes exactly what it computed before.
+  BatchNorm a SpRe wrapper absorbed). For the dynamic-mask methods (srste, spre, bimask,
+  transposable) the weights were never touched, so an untrained model computes exactly what
+  it computed before; ``asp`` and ``unstructured`` zero their pruned weights in place when they
+  wrap a layer (the ASP recipe), so after undo those weights stay zero.
 """
 
 from __future__ import annotations

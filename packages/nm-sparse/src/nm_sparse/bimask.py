@@ -159,7 +159,9 @@ class BiMaskLayer(NMLayer):
         self.register_buffer("perm", torch.arange(out_channels, device=device))
         self.register_buffer("step_count", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("perm_score", torch.zeros((), dtype=torch.float32, device=device))
-        self._generator = torch.Generator().manual_seed(int(seed))
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._replay_searches = 0  # searches to replay on the generator before the next one (after a load)
         self.search_permutation()
 
     # -- masks ---------------------------------------------------------------------------
@@ -198,10 +200,32 @@ class BiMaskLayer(NMLayer):
         masked = mat.abs() * nm_mask(mat, self.n, self.m)
         return permutation_scores(masked, perms.to(mat.device), self.n, self.m, self.scorer)
 
+    def _searches_done(self) -> int:
+        """Searches the schedule has run at the current ``step_count`` (the one at construction included)."""
+        steps = self.steps_done
+        if self.refresh_mode == "step":  # a search after the count reaches T, 2T, ...
+            return 1 + steps // self.interval
+        return 1 + max(steps - 1, 0) // self.interval  # before the forward that sees T, 2T, ...
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        """Loading a checkpoint (resume) also brings the candidate generator to where the run left it.
+
+        The generator is not part of the state dict; it is re-seeded and advanced past the draws of
+        every search the loaded step count implies, lazily at the next search, so a resumed run
+        draws the same candidates as an uninterrupted one.
+        """
+        super()._load_from_state_dict(*args, **kwargs)
+        self._replay_searches = self._searches_done()
+
     @torch.no_grad()
     def search_permutation(self) -> float:
         """Keep the best of ``candidates`` random row permutations; returns its score."""
         out_channels = self.dense_weight.shape[0]
+        if self._replay_searches:
+            self._generator.manual_seed(self.seed)
+            for _ in range(self._replay_searches * self.candidates):
+                torch.randperm(out_channels, generator=self._generator)
+            self._replay_searches = 0
         perms = [torch.randperm(out_channels, generator=self._generator) for _ in range(self.candidates)]
         cand = torch.stack(perms).to(self.current_perm.device)
         if self.keep_current:

@@ -20,6 +20,7 @@ single-file outputs must have the extension of the format written (``--plot`` ``
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from nm_sparse.inspect_plot import position_sparsity, save_heatmap
 from nm_sparse.pattern import parse_pattern
 from nm_sparse.quickstart import run as run_demo
 from nm_sparse.reference import LAYOUTS, SCORERS
+from nm_sparse.sparsify import SparsifyReport
 from nm_sparse.sweep import accuracy_table
 from nm_sparse.zoo import load_model
 from slimkit.cli import (
@@ -204,6 +206,15 @@ def _check_train_output(out: Path) -> bool:
     return legacy
 
 
+def _require_sparsified(report: SparsifyReport, method: str, model: str) -> None:
+    """A sparse method that could wrap no layer would train (and save) a dense model: refuse it."""
+    if method == "dense" or report.layers:
+        return
+    refused = [s for s in report.skipped if "kept dense" not in s.reason] or report.skipped
+    why = "; ".join(f"{s.name}: {s.reason}" for s in refused[:2]) or "no Linear/Conv layer"
+    raise BadInputError(f"{method} {report.pattern} applies to no layer of {model} ({why})")
+
+
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     _check_train_options(args)
     at_least("checkpoint-every", args.checkpoint_every, 0)
@@ -245,6 +256,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = spec.build()
     report = sparsify(model, config)  # an --include that matches nothing fails here, before any write
+    _require_sparsified(report, config.method, args.model)
     _wait_for_everyone()  # every rank validated the same arguments before rank 0 writes (no check/claim race)
     main_process = _is_main_process()
     if main_process:  # the first write
@@ -412,7 +424,12 @@ def cmd_table(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     if args.output:
         check_output_dir(args.output, KIND_TABLE)
-    load_model(args.model)  # unknown names fail before the first run
+    base = load_model(args.model)  # unknown names fail before the first run
+    for method in methods:  # so does a sparse method that would wrap no layer (a dense row under its name)
+        for pattern in patterns:
+            if method != "dense":
+                report = sparsify(copy.deepcopy(base), NMConfig(method=method, pattern=pattern))
+                _require_sparsified(report, method, args.model)
     output = claim_output_dir(args.output, KIND_TABLE) if args.output else None
     return accuracy_table(
         methods,

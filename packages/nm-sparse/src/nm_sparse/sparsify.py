@@ -201,7 +201,11 @@ def nm_layers(model: nn.Module) -> list[tuple[str, NMLayer]]:
 
 
 def unwrap(model: nn.Module) -> int:
-    """Undo :func:`sparsify`: put the original (dense, trained) modules back; returns a count."""
+    """Undo :func:`sparsify`: put the original (trained) modules back; returns a count.
+
+    The weights are the latent ones the optimizer updated: dense for the dynamic-mask methods,
+    with the pruned entries zeroed for ``asp`` / ``unstructured`` (they prune in place).
+    """
     displaced = [item for _, layer in nm_layers(model) for item in layer.displaced().items()]
     count = unwrap_modules(model, NMLayer)
     for other, module in displaced:
