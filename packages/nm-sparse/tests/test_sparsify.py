@@ -191,3 +191,44 @@ def test_dense_method_reports_every_candidate_and_two_named_errors_join() -> Non
         "cannot apply 2:4 to requested layers: odd: output channels 6 not divisible by m=4 (bimask masks the outputs"
         " too); narrow: input features 6 not divisible by m=4"
     )
+
+
+def _decay_grads(method: str, in_backward: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    nm_sparse.sparsify(model, NMConfig(method=method, decay=0.05, keep_last_dense=True))
+    for _, layer in nm_sparse.nm_layers(model):
+        assert layer.decay_in_backward  # the official placement is the default outside the callback
+        layer.decay_in_backward = in_backward
+    model(torch.randn(8, 16)).square().mean().backward()
+    if not in_backward:
+        nm_sparse.add_decay_grads(model)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["srste", "bimask"])
+def test_decay_added_per_step_equals_the_official_backward_in_fp32(method: str) -> None:
+    official, per_step = _decay_grads(method, True), _decay_grads(method, False)
+    assert official.keys() == per_step.keys()
+    for name in official:
+        torch.testing.assert_close(per_step[name], official[name], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["srste", "bimask"])
+def test_accumulated_micro_batches_decay_once_per_step(tmp_path: Path, method: str) -> None:
+    """Two micro-batches of 8 and one batch of 16 give the same step: the decay is added once, not twice."""
+    from slimkit.train import TrainConfig, train
+
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(x, (x[:, 0] > 0).long())
+    weights = []
+    for batch, accum in ((16, 1), (8, 2)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+        nm_sparse.sparsify(model, NMConfig(method=method, decay=0.5, keep_last_dense=True))
+        config = TrainConfig(output_dir=str(tmp_path / f"{batch}"), max_steps=3, batch_size=batch, grad_accum_steps=accum,
+                             lr=1e-2, optimizer="sgd", scheduler="constant", cpu=True, progress=False, seed=0)
+        train(model, data, config, callbacks=[nm_sparse.NMSparseCallback()])
+        weights.append(model[0].dense_weight.detach().clone())
+        assert all(layer.decay_in_backward for _, layer in nm_sparse.nm_layers(model))  # restored after the run
+    torch.testing.assert_close(weights[1], weights[0], rtol=0, atol=1e-6)

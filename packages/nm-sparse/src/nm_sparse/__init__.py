@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from nm_sparse.api import REGISTRY, sparsify, sparsify_, unsparsify
 from nm_sparse.baselines import ASPLayer, FixedMaskLayer, TransposableLayer, UnstructuredLayer
 from nm_sparse.bimask import BiMaskFunction, BiMaskLayer
-from nm_sparse.callbacks import NMSparseCallback
+from nm_sparse.callbacks import NMSparseCallback, add_decay_grads
 from nm_sparse.check import CheckReport, LayerCheck, check, check_weight
 from nm_sparse.config import (
     METHODS,
@@ -64,6 +64,7 @@ __all__ = [
     "DenseConfig",
     "NMConfig",
     "NMSparseCallback",
+    "add_decay_grads",
     "SRSTEConfig",
     "SpReConfig",
     "TransposableConfig",

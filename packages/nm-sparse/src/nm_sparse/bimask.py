@@ -267,7 +267,7 @@ class BiMaskLayer(NMLayer):
                 x = F.pad(x, pads, mode=layer.padding_mode)
                 padding = (0,) * len(padding)
             conv = (layer.stride, padding, layer.dilation, layer.groups)
-        out = BiMaskFunction.apply(x, weight, self.dense_bias, mask_f, mask_b, self.decay, conv)
+        out = BiMaskFunction.apply(x, weight, self.dense_bias, mask_f, mask_b, self.backward_decay, conv)
         assert isinstance(out, Tensor)
         return out
 

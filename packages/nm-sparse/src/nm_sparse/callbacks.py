@@ -1,10 +1,19 @@
-"""Training-loop hook: refresh SpRe spatial masks and Bi-Mask permutations once per step.
+"""Training-loop hook: refresh SpRe spatial masks and Bi-Mask permutations once per step, and add the
+SR-STE decay once per optimizer step.
 
 Plug an :class:`NMSparseCallback` into ``slimkit.train.train(..., callbacks=[...])``; in a
 hand-written loop call :func:`nm_sparse.step` after ``optimizer.step()`` instead. Both
 official codes refresh before each training iteration; the mask of the first iteration is
 computed when :func:`nm_sparse.sparsify` wraps the layer, so refreshing after each step is the
 same schedule.
+
+The decay ``lambda (1 - mask) W`` (SR-STE, SpRe, Bi-Mask) enters the official codes' backward pass.
+That is right for an fp32 loop without accumulation and wrong otherwise: fp16 loss scaling divides
+the unscaled term by the scale, and ``k`` accumulated micro-batches add it ``k`` times. During a
+``slimkit.train`` run the callback takes it out of the backward and adds it in ``after_backward``,
+which runs once per optimizer step on unscaled, all-reduced gradients (same result in fp32 without
+accumulation). A hand-written loop with loss scaling or accumulation can do the same: set each
+layer's ``decay_in_backward = False`` and call :func:`add_decay_grads` after unscaling.
 """
 
 from __future__ import annotations
@@ -14,6 +23,12 @@ from typing import Any
 from torch import nn
 
 from nm_sparse.sparsify import nm_layers
+
+
+def add_decay_grads(model: nn.Module) -> None:
+    """Add every N:M layer's decay term to its dense weight's gradient (see the module docstring)."""
+    for _, layer in nm_layers(model):
+        layer.add_decay_grad()
 
 
 class NMSparseCallback:
@@ -33,6 +48,14 @@ class NMSparseCallback:
         """Weights may have been loaded (resume) since sparsify: recompute SpRe's spatial masks."""
         for _, layer in nm_layers(self._target(ctx)):
             layer.refresh()
+            layer.decay_in_backward = False  # added once per step by after_backward instead
+
+    def after_backward(self, ctx: Any) -> None:
+        add_decay_grads(self._target(ctx))
+
+    def on_train_end(self, ctx: Any) -> None:
+        for _, layer in nm_layers(self._target(ctx)):
+            layer.decay_in_backward = True
 
     def on_step_end(self, ctx: Any) -> None:
         for _, layer in nm_layers(self._target(ctx)):

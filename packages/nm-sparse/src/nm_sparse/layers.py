@@ -35,6 +35,14 @@ class NMLayer(WrapperModule):
     """Base wrapper (:class:`slimkit.wrappers.WrapperModule`): subclasses define :meth:`forward_mask` and :meth:`forward`."""
 
     method: ClassVar[str] = "base"
+    #: SR-STE-style decay ``lambda`` on the pruned weights (0 for methods without one).
+    decay: float = 0.0
+    #: Where the decay enters: ``True`` inside the backward pass, as the official codes do (right for a plain
+    #: fp32 loop); ``False`` when :meth:`add_decay_grad` adds it once per optimizer step instead, which
+    #: :class:`nm_sparse.callbacks.NMSparseCallback` arranges: in the backward the term would be neither
+    #: loss-scaled (fp16: GradScaler's unscale divides it by the scale) nor averaged over accumulated
+    #: micro-batches (it would be added once per micro-batch).
+    decay_in_backward: bool = True
 
     def __init__(self, base_layer: nn.Module, pattern: NMPattern, layout: str = "cin") -> None:
         if not isinstance(base_layer, SUPPORTED_TYPES):
@@ -79,6 +87,18 @@ class NMLayer(WrapperModule):
         puts them back.
         """
         return {}
+
+    @property
+    def backward_decay(self) -> float:
+        """The decay the backward pass adds (0 while :meth:`add_decay_grad` is in charge)."""
+        return self.decay if self.decay_in_backward else 0.0
+
+    @torch.no_grad()
+    def add_decay_grad(self) -> None:
+        """``grad += decay * (1 - mask) * W`` on the dense weight: once per optimizer step, on unscaled gradients."""
+        weight = self.dense_weight
+        if self.decay and weight.grad is not None:
+            weight.grad.add_((~self.forward_mask()).to(weight.grad.dtype) * weight, alpha=self.decay)
 
     def on_step(self) -> None:
         """Called once per optimizer step (by the callback); most methods need nothing."""

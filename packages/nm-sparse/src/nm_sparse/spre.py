@@ -117,7 +117,7 @@ class SpReConv(NMLayer):
         if self.refresh_mode == "forward" and self.training and torch.is_grad_enabled():
             self.refresh_spatial_mask()
         mask = self.forward_mask()
-        main = apply_layer(self.base_layer, x, srste(self.dense_weight, mask, self.decay), self.dense_bias)
+        main = apply_layer(self.base_layer, x, srste(self.dense_weight, mask, self.backward_decay), self.dense_bias)
         extra = self.branch._conv_forward(x, module_weight(self.branch) * self.branch_mask(mask), None)
         return self.base_bn(main) + self.branch_bn(extra)
 

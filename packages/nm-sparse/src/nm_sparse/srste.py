@@ -31,7 +31,7 @@ class SRSTELayer(NMLayer):
         return weight_nm_mask(self.dense_weight, self.n, self.m, self.layout)
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = srste(self.dense_weight, self.forward_mask(), self.decay)
+        weight = srste(self.dense_weight, self.forward_mask(), self.backward_decay)
         return apply_layer(self.base_layer, x, weight, self.dense_bias)
 
     def extra_repr(self) -> str:
