@@ -80,3 +80,21 @@ def test_rows_text_aligns_columns_and_prints_ms_and_ratio() -> None:
     assert lines[0] == "device cpu (test), 2 threads, float32, torch 9.9"
     assert lines[1] == "a       4x4  base      2.000 ms  1.00x"
     assert lines[2] == "longer  8    fast      0.500 ms  4.00x"
+
+
+@pytest.mark.parametrize(("platform", "unit"), [("darwin", 1), ("freebsd14", 1024)])
+def test_peak_memory_without_clear_refs_reads_ru_maxrss_in_its_platform_unit(
+    monkeypatch: pytest.MonkeyPatch, platform: str, unit: int
+) -> None:
+    # macOS reports ru_maxrss in bytes, the BSDs (and Linux) in KiB: 1000 units of growth
+    import resource
+    import sys
+    from types import SimpleNamespace
+
+    import slimkit.bench
+
+    peaks = iter([5000, 6000])
+    monkeypatch.setattr(slimkit.bench, "_reset_peak_rss", lambda: False)
+    monkeypatch.setattr(sys, "platform", platform)
+    monkeypatch.setattr(resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=next(peaks)))
+    assert peak_memory(lambda: None, device="cpu") == 1000 * unit

@@ -59,6 +59,17 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(line.startswith("toy") for line in err) and len(err) == 3
 
 
+def test_slimkit_demo_with_a_negative_seed_is_one_line_exit_2_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from slimkit.cli import main as slimkit_main
+
+    out = tmp_path / "demo"
+    assert slimkit_main(["demo", "--seed", "-1", "--output", str(out)]) == 2
+    assert capsys.readouterr().err == "slimkit: error: --seed must be >= 0, got -1\n"
+    assert not out.exists()
+
+
 def test_unknown_device() -> None:
     with pytest.raises(BadInputError):
         resolve_device("tpu:9")

@@ -45,6 +45,9 @@ def test_digits_split_is_stratified_and_disjoint() -> None:
     labels = np.arange(100) % 4
     a, b = stratified_split(labels, 0.25, 0)
     assert not set(a) & set(b) and len(a) + len(b) == 100
+    # numpy refuses a negative seed with a ValueError: a CLI's --seed -1 printed a traceback
+    with pytest.raises(BadInputError, match=r"^seed must be >= 0, got -1$"):
+        digits("train", seed=-1)
 
 
 def test_digits_upsampled_rgb() -> None:

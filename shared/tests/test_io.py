@@ -61,6 +61,46 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name an fd's file")
+@pytest.mark.parametrize("writer", ["save_json", "save_state_dict"])
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    # safetensors writes through a path (atomic_path), save_json through a handle (atomic_write):
+    # both must reach the disk before the name points at them, or a crash leaves an empty file.
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", os.fspath(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / ("out.json" if writer == "save_json" else "out.safetensors")
+    if writer == "save_json":
+        save_json(target, {"a": 1})
+    else:
+        save_state_dict(target, {"a": torch.ones(3)})
+    renames = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert len(renames) == 1
+    tmp = events[renames[0]][1]
+    assert ("fsync", tmp) in events[: renames[0]]
+    assert ("fsync", str(tmp_path)) in events[renames[0] + 1 :]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_atomic_path_removes_its_temp_file_when_the_block_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "x.bin") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_replaces(tmp_path: Path) -> None:
     with atomic_write(tmp_path / "a" / "b.bin", "wb") as fh:
         fh.write(b"\x00\x01")
@@ -371,6 +411,21 @@ def test_load_json_messages_and_utf8_whatever_the_locale(tmp_path: Path, c_local
     raw = tmp_path / "raw.json"
     raw.write_bytes('{"kind": "démo"}'.encode())
     assert load_json(raw) == {"kind": "démo"}
+
+
+def test_load_json_of_an_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a file the user cannot read printed a PermissionError traceback from every CLI that loads JSON
+    import errno
+
+    locked = tmp_path / "prompts.json"
+    locked.write_text("{}")
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with _raises_exactly(BadInputError, f"cannot read prompts file {locked}: Permission denied"):
+        load_json(locked, "prompts file")
 
 
 def test_save_and_load_config(tmp_path: Path) -> None:

@@ -104,6 +104,17 @@ def test_zero_key_scores_zero_and_k_bounds() -> None:
         cosine_topk_triton(torch.ones(1, 8), keys.half(), 2)
 
 
+def test_no_queries_or_no_keys_give_the_reference_shapes() -> None:
+    # A CUDA cosine_topk with zero queries reached the kernel and died dividing by zero query blocks.
+    keys = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
+    for q, kk in ((torch.empty(0, 8), keys), (torch.randn(2, 8), torch.empty(0, 8))):
+        got, want = cosine_topk_via_triton(q, kk, 3, False), cosine_topk_reference(q, kk, 3)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape and g.dtype == w.dtype
+    s, i = cosine_topk_triton(torch.empty(0, 8), keys, 3)
+    assert s.shape == i.shape == (0, 1, 16)
+
+
 _COMPILE_SCRIPT = r"""
 import sys
 import triton

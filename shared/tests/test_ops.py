@@ -42,6 +42,15 @@ def test_public_function_is_differentiable_on_cpu() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_op_uses_triton_and_matches() -> None:
+def test_cuda_op_uses_triton_and_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+    real = ops.l2_normalize_rows_triton
+
+    def counted(x: torch.Tensor, eps: float) -> torch.Tensor:
+        ran.append(1)
+        return real(x, eps)
+
+    monkeypatch.setattr(ops, "l2_normalize_rows_triton", counted)  # the reference alone must not pass this test
     x = torch.randn(4096, 768, device="cuda", dtype=torch.float16)
     torch.testing.assert_close(l2_normalize_rows(x), l2_normalize_rows_reference(x), rtol=2e-3, atol=2e-3)
+    assert ran == [1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -98,11 +100,20 @@ def test_cpu_tensors_stay_on_the_reference_even_under_the_interpreter(monkeypatc
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cuda_runs_the_kernel_and_matches_the_reference(dtype: torch.dtype) -> None:
+def test_cuda_runs_the_kernel_and_matches_the_reference(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+    real = ops.cosine_topk_via_triton
+
+    def counted(*args: Any) -> Any:
+        ran.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ops, "cosine_topk_via_triton", counted)  # the reference alone must not pass this test
     torch.manual_seed(0)
     q = torch.randn(300, 256, device="cuda", dtype=dtype)
     keys = torch.randn(50_000, 256, device="cuda", dtype=dtype)
     s, i = cosine_topk(q, keys, 20)
+    assert ran == [1]
     rs, _ = cosine_topk_reference(q.float(), keys.float(), 20)
     torch.testing.assert_close(s.float(), rs, rtol=0, atol=2e-3 if dtype == torch.float16 else 1e-5)
     true = torch.nn.functional.normalize(q.float(), dim=1) @ torch.nn.functional.normalize(keys.float(), dim=1).T

@@ -326,6 +326,35 @@ def test_max_grad_norm_clips_the_update_to_the_given_norm(tmp_path: Path) -> Non
     assert float((before - _params(model)).norm()) == pytest.approx(0.5 * 0.05, rel=1e-4)
 
 
+def test_fp16_with_max_grad_norm_unscales_once_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_accelerate_state: None
+) -> None:
+    """fp16 unscales before after_backward; the clip must not unscale again (GradScaler raises on a second
+    unscale_ in one step, so a CUDA fp16 run with max_grad_norm failed on its first step)."""
+    from accelerate import Accelerator
+
+    real = Accelerator.unscale_gradients
+    unscaled: list[int] = []
+
+    def unscale_once(self: Any, optimizer: Any = None) -> None:
+        step = len(rec.grads)  # after_backward has not run yet for the step being unscaled
+        if step in unscaled:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        unscaled.append(step)
+        real(self, optimizer)
+
+    monkeypatch.setattr(Accelerator, "unscale_gradients", unscale_once)
+    model, rec = _model(), GradRecorder()
+    before = _params(model).clone()
+    cfg = _cfg(tmp_path, max_steps=1, optimizer="sgd", lr=0.5, scheduler="constant", max_grad_norm=0.05,
+               mixed_precision="fp16")
+    train(model, _data(), cfg, callbacks=[rec])
+    assert unscaled == [0]
+    (grad,) = rec.grads
+    assert float(grad.norm()) > 0.05  # the clip is active and still applied
+    assert float((before - _params(model)).norm()) == pytest.approx(0.5 * 0.05, rel=1e-4)
+
+
 # --- one small run checked for everything a user reads back ------------------------------------
 
 
@@ -518,12 +547,12 @@ def test_bf16_run_on_one_sample_flushes_every_checkpoint_file_before_its_marker(
 
     def fsync(fd: int) -> None:
         path = os.readlink(f"/proc/self/fd/{fd}")
-        synced.append(path)
         if os.path.isdir(path):  # as some filesystems do: fsync on a folder is refused
             raise OSError(errno.EINVAL, "Invalid argument")
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:  # as on Windows: needs a writable handle
             raise OSError(errno.EBADF, "Bad file descriptor")
         real_fsync(fd)
+        synced.append(path)  # only the flushes that took effect
 
     if Path("/proc/self/fd").is_dir():
         monkeypatch.setattr(os, "fsync", fsync)

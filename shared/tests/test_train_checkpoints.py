@@ -247,6 +247,9 @@ def test_epoch_sampler_order_is_a_fixed_function_of_seed_and_epoch() -> None:
         ("scheduler", "linear", "scheduler must be one of cosine, constant, step, got 'linear'"),
         ("step_at", 1.0, "step_at must be in (0, 1) and step_gamma in (0, 1], got 1.0 and 0.1"),
         ("step_gamma", 0.0, "step_at must be in (0, 1) and step_gamma in (0, 1], got 0.6666666666666666 and 0.0"),
+        # accelerate's set_seed takes 0..2^32-1 and raised a ValueError (a traceback) for others
+        ("seed", -1, "seed must be in 0..4294967295, got -1"),
+        ("seed", 2**32, "seed must be in 0..4294967295, got 4294967296"),
     ],
 )
 def test_config_validation_messages(field: str, value: Any, message: str) -> None:

@@ -251,10 +251,12 @@ def peak_memory(fn: Callable[[], Any], device: torch.device | str | None = None)
         fn()
         return max(0, _proc_status_kib("VmHWM") - base) * 1024
     # No /proc/self/clear_refs (not Linux): only growth of the lifetime peak is observable.
+    # ru_maxrss is in bytes on macOS and in KiB elsewhere.
+    unit = 1 if sys.platform == "darwin" else 1024
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(max(0, after - before) * 1024)
+    return int(max(0, after - before) * unit)
 
 
 def _reset_peak_rss() -> bool:

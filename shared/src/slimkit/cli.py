@@ -233,6 +233,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise BadInputError(f"--steps must be >= 1, got {args.steps}")
+    at_least("seed", args.seed, 0)
     resolve_device(args.device)
     claim_output_dir(args.output, "slimkit demo")  # validated above: the first write
     emit(run_demo(Path(args.output), steps=args.steps, seed=args.seed), args.json)

@@ -60,6 +60,8 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     """Indices of a per-class random split, so both halves keep the class balance."""
     if not 0.0 < val_fraction < 1.0:
         raise BadInputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if seed < 0:  # numpy refuses a negative seed with a ValueError (a traceback in a CLI)
+        raise BadInputError(f"seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     train_idx: list[int] = []
     val_idx: list[int] = []

@@ -62,6 +62,10 @@ def _final_mode(target: Path) -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 
+    Whatever the block wrote is fsynced before the rename and the folder after it, so a crash
+    leaves either the old file or the complete new one (never an empty or partial file), and
+    the temporary file is removed when the block fails.
+
     The file that lands at ``path`` has the mode a plain ``open(path, "w")`` would give a
     new file (``0o666 & ~umask``, so 0644 under umask 022); overwriting an existing file
     keeps that file's mode.
@@ -75,24 +79,39 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise OSError(f"nothing was written to {target}")
+        _fsync_file(tmp)  # the bytes are on disk before the name points at them
         os.chmod(tmp, _final_mode(target))
         os.replace(tmp, target)
+        _fsync_dir(target.parent)  # and the rename itself survives a crash
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def _fsync_file(path: Path, flags: int = os.O_RDWR) -> None:
+    # A writable handle: Windows refuses to flush a read-only one.
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Not every platform or file system can open or fsync a folder; the rename is done either way.
+    with contextlib.suppress(OSError):
+        _fsync_file(path, os.O_RDONLY)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file for writing; fsync and rename over ``path`` when the block succeeds."""
+    """Open a temp file for writing; rename it over ``path`` (fsynced, see :func:`atomic_path`) when the block succeeds."""
     if mode not in {"w", "wb"}:
         raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
     with atomic_path(path) as tmp:
         encoding = None if "b" in mode else "utf-8"
         with open(tmp, mode, encoding=encoding) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 def save_json(path: str | os.PathLike[str], obj: Any) -> Path:
@@ -121,6 +140,8 @@ def load_json(path: str | os.PathLike[str], what: str = "") -> Any:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{what + ' ' if what else ''}{p} is not valid JSON ({exc})") from None
+    except OSError as exc:  # unreadable (permissions, I/O error): one line too, not a traceback
+        raise BadInputError(f"cannot read {what + ' ' if what else ''}{p}: {exc.strerror or exc}") from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -287,6 +287,9 @@ def cosine_topk_triton(
     block_q = 16
     block_d = min(64, max(16, triton.next_power_of_2(dim)))
     kp = max(16, triton.next_power_of_2(k))
+    if n_q == 0 or n_k == 0:  # nothing to score (and the split arithmetic below would divide by zero)
+        return (torch.full((n_q, 1, kp), float("-inf"), dtype=torch.float32, device=q.device),
+                torch.full((n_q, 1, kp), -1, dtype=torch.int32, device=q.device))  # fmt: skip
     q_blocks = triton.cdiv(n_q, block_q)
     if splits is None:
         programs = 4 * torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 2

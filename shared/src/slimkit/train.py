@@ -50,6 +50,7 @@ _PRECISIONS = ("auto", "no", "fp16", "bf16")
 #: Learning-rate schedules after the linear warm-up: cosine decay, constant, or one step drop (DETR's 200 of 300 epochs).
 SCHEDULERS = ("cosine", "constant", "step")
 _STATE_FILE = "trainer_state.json"
+_MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -106,6 +107,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 0:
                 raise BadInputError(f"{name} must be >= 0, got {value}")
+        if not 0 <= self.seed <= _MAX_SEED:  # accelerate's set_seed refuses others with a ValueError
+            raise BadInputError(f"seed must be in 0..{_MAX_SEED}, got {self.seed}")
         if self.log_every < 1:
             raise BadInputError(f"log_every must be >= 1, got {self.log_every}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
@@ -126,9 +129,21 @@ class TrainContext:
 
 
 class Callback(Protocol):
-    """Any subset of these hooks; ``state_dict``/``load_state_dict`` make it checkpointed."""
+    """Any subset of these hooks (a callback needs only the ones it uses); ``state_dict``/``load_state_dict``
+    make it checkpointed.
+
+    ``on_train_start`` runs once after a resume is loaded; ``after_backward`` once per optimizer step, on the
+    accumulated (unscaled) gradients before clipping; ``on_step_end`` after the step, with ``ctx.metrics``;
+    ``on_train_end`` after the final checkpoint.
+    """
+
+    def on_train_start(self, ctx: TrainContext) -> None: ...
+
+    def after_backward(self, ctx: TrainContext) -> None: ...
 
     def on_step_end(self, ctx: TrainContext) -> None: ...
+
+    def on_train_end(self, ctx: TrainContext) -> None: ...
 
 
 @dataclass
@@ -303,7 +318,7 @@ def _fsync_tree(path: Path) -> None:
     for folder, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                fd = os.open(os.path.join(folder, name), os.O_RDWR)  # Windows flushes writable handles only
                 try:
                     os.fsync(fd)
                 finally:
@@ -506,11 +521,15 @@ def train(
             micro += 1
             if not sync:
                 continue
-            if accelerator.mixed_precision == "fp16":
+            fp16 = accelerator.mixed_precision == "fp16"
+            if fp16:  # callbacks and the clip see the true gradients
                 accelerator.unscale_gradients()
             _call(callbacks, "after_backward", ctx)
             if config.max_grad_norm:
-                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                if fp16:  # accelerator.clip_grad_norm_ would unscale a second time, which GradScaler refuses
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                else:
+                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
