@@ -62,6 +62,9 @@ def test_sample_images() -> None:
     assert imgs["astronaut"].shape == (64, 64, 3) and imgs["camera"].dtype == np.uint8
     with pytest.raises(BadInputError, match="unknown scikit-image sample"):
         sample_images(["nope"])
+    for not_a_photo in ("download_all", "lfw_subset", "cells3d"):  # a downloader, a stack of faces, a 3-D stack
+        with pytest.raises(BadInputError, match="unknown scikit-image sample"):
+            sample_images([not_a_photo])
 
 
 def test_image_folder(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageFolder",
     "ImageSet",
+    "SKIMAGE_SAMPLES",
     "cluttered_digits",
     "digits",
     "first_inputs",
@@ -117,6 +118,14 @@ def _sklearn_sample(name: str) -> np.ndarray:
     return np.asarray(found[name])
 
 
+SKIMAGE_SAMPLES = (
+    "astronaut", "brick", "camera", "cat", "chelsea", "checkerboard", "clock", "coffee", "coins", "colorwheel",
+    "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page",
+    "retina", "rocket", "text",
+)  # fmt: skip
+"""scikit-image's single photos that ship inside its wheel (uint8, grey or RGB(A)): no download, no stacks."""
+
+
 def sample_images(names: Sequence[str] | None = None, size: int | None = None) -> dict[str, np.ndarray]:
     """The bundled photos as RGB uint8 HWC arrays (optionally resized square): scikit-image's by name,
     scikit-learn's as ``"sklearn:china"`` / ``"sklearn:flower"``."""
@@ -129,10 +138,9 @@ def sample_images(names: Sequence[str] | None = None, size: int | None = None) -
         if name.startswith("sklearn:"):
             out[name] = _sklearn_sample(name.split(":", 1)[1]).astype(np.uint8)
             continue
-        loader = getattr(skdata, name, None)
-        if loader is None or not callable(loader):
-            raise BadInputError(f"unknown scikit-image sample {name!r}; try one of {', '.join(default)}")
-        img = np.asarray(loader())
+        if name not in SKIMAGE_SAMPLES:  # skimage.data also holds downloaders and image stacks
+            raise BadInputError(f"unknown scikit-image sample {name!r}; use one of {', '.join(SKIMAGE_SAMPLES)}")
+        img = np.asarray(getattr(skdata, name)())
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
         img = img[..., :3]
