@@ -41,8 +41,10 @@ def test_simulate_train_eval_visualize(tmp_path: Path, capsys: pytest.CaptureFix
     assert teacher["steps"] == 1 and (tmp_path / "t" / "model" / "model.safetensors").is_file()
     student = _run(capsys, "train", "--role", "student", "--preset", "XXS", "--kd", "rdd", "--teacher", str(tmp_path / "t" / "model"),
                    "--data", str(data / "train"), "--val-data", str(data / "val"), "--steps", "1", "--no-progress",
-                   "-o", str(tmp_path / "s"))  # fmt: skip
+                   "--kd-option", "logit_reduction=sum", "--kd-option", "lam=0.2", "-o", str(tmp_path / "s"))  # fmt: skip
     assert student["kd"] == "rdd" and 0 <= student["val"]["NDS"] <= 1
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["kd_config"]["logit_reduction"] == "sum" and run["kd_config"]["lam"] == 0.2
     ev = _run(capsys, "eval", str(tmp_path / "s" / "model"), "--data", str(data / "val"))
     assert ev["preset"] == "XXS" and "bev_AP_R40" in ev
     vis = _run(capsys, "visualize", str(tmp_path / "s" / "model"), "--data", str(data / "val"), "--threshold", "0.0",
@@ -118,6 +120,10 @@ def test_bad_inputs_are_one_line_errors_with_exit_2_and_write_nothing(tmp_path: 
     err = _fails_cleanly(capsys, out, "train", "--role", "student", "--preset", "S", "--kd", "rdd", "--teacher", str(tmp_path / "t"),
                          "--data", str(good), "-o", str(out))  # fmt: skip
     assert "wider than its teacher" in err
+    for option, message in (("nope=1", "rdd has no such option"), ("logit_reduction=max", "logit_reduction"), ("lam", "name=value")):
+        err = _fails_cleanly(capsys, out, "train", "--role", "student", "--preset", "XXS", "--kd", "rdd", "--teacher",
+                             str(tmp_path / "t"), "--kd-option", option, "--data", str(good), "-o", str(out))  # fmt: skip
+        assert message in err
 
 
 def test_scans_are_read_with_the_models_point_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,8 @@ error is one stderr line and exit code 2 (``slimkit.cli.run_main``). ``train`` r
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.output)
     check_output_dir(out, KIND_TRAIN)
     teacher = None
-    kd = KD_METHODS[args.kd]() if args.kd != "none" else None
+    kd = _kd_config(args.kd, args.kd_option) if args.kd != "none" else None
     if args.role == "teacher":
         if args.kd != "none":
             raise BadInputError("--role teacher trains without distillation; use --kd none")
@@ -139,6 +141,24 @@ def _metrics_line(m: dict[str, Any]) -> str:
 def _train_human(r: dict[str, Any]) -> str:
     head = f"{r['output']}: {r['role']} {r['preset']} (kd {r['kd']}), {r['steps']} steps, loss {r['final_loss']:.3f}"
     return head + ("\n" + _metrics_line(r["val"]) if "val" in r else "")
+
+
+def _kd_config(method: str, options: list[str]) -> Any:
+    """``KD_METHODS[method]`` with ``--kd-option name=value`` overrides (values read as JSON, else as text)."""
+    fields: dict[str, Any] = {}
+    for option in options:
+        name, sep, text = option.partition("=")
+        if not sep or not name:
+            raise BadInputError(f"--kd-option wants name=value, got {option!r}")
+        try:
+            fields[name.replace("-", "_")] = json.loads(text)
+        except json.JSONDecodeError:
+            fields[name.replace("-", "_")] = text
+    try:
+        return KD_METHODS[method](**fields)
+    except TypeError as exc:  # an unknown field: name the ones that exist
+        known = ", ".join(f.name for f in dataclasses.fields(KD_METHODS[method]))
+        raise BadInputError(f"--kd-option: {method} has no such option ({exc}); options: {known}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -301,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="teacher", choices=("teacher", "student"))
     p.add_argument("--preset", default=None, choices=PRESETS, help="widths (default: teacher / S)")
     p.add_argument("--kd", default="none", choices=("none", *KD_METHODS))
+    p.add_argument("--kd-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a field of the --kd method's config, e.g. logit_reduction=sum (repeatable)")
     p.add_argument("--teacher", default=None, help="trained teacher folder (RUN/model); the student takes its grid")
     p.add_argument("--grid", default="cpu", choices=GRIDS, help="voxel grid without a teacher (default cpu)")
     p.add_argument("--depth", default="cpu", choices=DEPTHS, help="layer counts: cpu (reduced) or paper")
