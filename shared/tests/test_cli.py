@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from slimkit.cli import (
@@ -97,6 +98,15 @@ def test_only_rank_zero_prints(capsys: pytest.CaptureFixture[str], monkeypatch: 
     monkeypatch.setenv("RANK", "0")
     emit({"a": 1}, True)
     assert json.loads(capsys.readouterr().out) == {"a": 1}
+
+
+def test_json_output_is_strict_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """An undefined metric (NaN, inf) is null: strict readers (jq, JSON.parse) refuse NaN."""
+    emit({"ap": float("nan"), "rows": [{"x": float("inf")}, 1.5], "t": torch.tensor([1.0])}, True)
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
+        "ap": None, "rows": [{"x": None}, 1.5], "t": [1.0]}
 
 
 def test_build_parser_dispatches_with_func() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -164,8 +165,9 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
     """
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return
-    if as_json:
-        print(json.dumps(result, indent=2, default=_json_default))
+    if as_json:  # strict JSON: NaN / inf (an undefined metric) are null, which every JSON reader accepts
+        plain = json.loads(json.dumps(result, default=_json_default))
+        print(json.dumps(_finite(plain), indent=2, allow_nan=False))
         return
     if human is not None:
         print(human(result))
@@ -177,7 +179,6 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
             print(f"{str(key).ljust(width)}  {_fmt(value)}")
     else:
         print(result)
-
 
 
 def report(result: Any, args: argparse.Namespace, human: Callable[[Any], str] | None = None) -> int:
@@ -195,6 +196,17 @@ def dispatching_main(build_parser: Callable[[], argparse.ArgumentParser], prog: 
         return int(args.func(args) or 0)
 
     return run_main(body, prog)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
