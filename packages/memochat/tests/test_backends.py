@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -53,6 +55,76 @@ def test_transformers_stop_strings(tiny: TransformersGenerator) -> None:
     assert got.endswith(stop) and len(got) < len(full)
 
 
+def _forward_counter(gen: TransformersGenerator) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
+    calls: list[int] = []
+    return calls, gen.model.register_forward_hook(lambda module, args, out: calls.append(1))
+
+
+def _generation_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.current_thread() and t.daemon and t.is_alive()]
+
+
+def test_closing_a_stream_stops_its_generation(tiny: TransformersGenerator) -> None:
+    before = set(_generation_threads())
+    calls, hook = _forward_counter(tiny)
+    try:
+        stream = tiny.stream("an abandoned answer", max_new_tokens=2000)
+        assert next(stream)  # generation is running in its thread
+        started = [t for t in _generation_threads() if t not in before]
+        assert started
+        t = time.perf_counter()
+        stream.close()  # the client went away
+        assert time.perf_counter() - t < 5.0
+        assert not any(th.is_alive() for th in started)  # no generation outlives the stream
+        n = len(calls)
+        time.sleep(0.2)
+        assert len(calls) == n < 200  # stopped after a few steps, far from max_new_tokens
+    finally:
+        hook.remove()
+
+
+def test_an_exception_in_the_consumer_stops_the_generation(tiny: TransformersGenerator) -> None:
+    calls, hook = _forward_counter(tiny)
+    try:
+        with pytest.raises(RuntimeError, match="consumer broke"):
+            for _ in tiny.stream("a consumer that fails", max_new_tokens=2000):
+                raise RuntimeError("consumer broke")
+        n = len(calls)
+        time.sleep(0.2)
+        assert len(calls) == n < 200
+    finally:
+        hook.remove()
+
+
+def test_a_fully_consumed_stream_is_the_whole_reply(tiny: TransformersGenerator) -> None:
+    calls, hook = _forward_counter(tiny)
+    try:
+        pieces = list(tiny.stream("the whole reply", max_new_tokens=40))
+    finally:
+        hook.remove()
+    assert "".join(pieces) == tiny.generate("the whole reply", max_new_tokens=40)
+    assert len(calls) == 40  # one forward per token: the abandon check never cut a complete stream short
+    full = tiny.generate("stop test", max_new_tokens=24)
+    stop = next(ch for ch in full if not ch.isspace())
+    assert "".join(tiny.stream("stop test", max_new_tokens=24, stop=[stop])) == tiny.generate("stop test", max_new_tokens=24, stop=[stop])
+
+
+def test_an_abandoned_turn_stops_the_model(tiny: TransformersGenerator, tmp_path: Path) -> None:
+    with MemoStore(tmp_path / "a.db") as store:
+        bot = MemoChat(tiny, store, MemoConfig(prefilter="none", answer_tokens=2000))
+        calls, hook = _forward_counter(tiny)
+        try:
+            turn = bot.chat_stream("hello there", user="u", session="s")
+            assert isinstance(next(turn), str)
+            turn.close()
+            n = len(calls)
+            time.sleep(0.2)
+            assert len(calls) == n < 400  # the writing/retrieval steps may not run at turn 1; the answer stopped
+        finally:
+            hook.remove()
+        assert store.lines("s") == []  # the abandoned turn committed nothing
+
+
 @pytest.fixture
 def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     bot = MemoChat(ScriptedGenerator(lambda p, t: "served answer" if t == "chatting" else "1"), MemoStore(tmp_path / "s.db"),
@@ -68,6 +140,23 @@ def test_openai_client_generate_and_stream(served) -> None:  # type: ignore[no-u
     assert gen.generate("hi", max_new_tokens=8) == "served answer"
     assert "".join(gen.stream("again", max_new_tokens=8)) == "served answer"
     assert bot.store.lines("default")[-4:] == ["user: hi", "bot: served answer", "user: again", "bot: served answer"]
+
+
+def test_openai_client_is_closed_by_close_and_by_with(served) -> None:  # type: ignore[no-untyped-def]
+    url, _ = served
+    gen = OpenAIGenerator(url, retries=0)
+    assert gen.generate("hi", max_new_tokens=8) == "served answer" and not gen.client.is_closed
+    gen.close()
+    assert gen.client.is_closed
+    gen.close()  # twice is harmless
+    with OpenAIGenerator(url, retries=0) as gen2:
+        assert "".join(gen2.stream("hi", max_new_tokens=8)) == "served answer"
+    assert gen2.client.is_closed
+    with pytest.raises(RuntimeError), OpenAIGenerator(url, retries=0) as gen3:  # closed on an error too
+        raise RuntimeError("boom")
+    assert gen3.client.is_closed
+    with ScriptedGenerator(["a"]) as scripted:  # the default close is a no-op
+        assert scripted.generate("x", max_new_tokens=1) == "a"
 
 
 def test_unreachable_server_is_one_clear_error() -> None:

@@ -9,7 +9,7 @@
 
 All share :class:`Generator`: ``generate``, ``stream`` and the token counting used to truncate a
 prompt from the left to the model's budget (a model's own tokenizer where there is one, words
-otherwise).
+otherwise), and ``close`` (also as a context manager) for what a backend holds open.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 import torch
@@ -37,9 +38,19 @@ class BackendError(BadInputError):
 
 
 class Generator:
-    """The interface: ``generate`` a reply to one prompt, ``stream`` it in pieces, count tokens."""
+    """The interface: ``generate`` a reply to one prompt, ``stream`` it in pieces, count tokens;
+    ``close`` (or ``with generator:``) releases what the backend holds (a no-op by default)."""
 
     name = "generator"
+
+    def close(self) -> None:
+        """Release the backend's resources (connections); the default holds none."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
     def generate(self, prompt: str, *, max_new_tokens: int, stop: Sequence[str] = (), task: str = "chatting") -> str:
         raise NotImplementedError
@@ -104,6 +115,16 @@ class _StopOnStrings:
         return torch.tensor([cut_at_stop(text, self.stop) != text], device=input_ids.device)
 
 
+class _StopOnEvent:
+    """A transformers stopping criterion: stop every sequence once ``event`` is set (a stream abandoned)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class _QueueStreamer:
     """A transformers streamer that hands decoded text deltas to a queue (``None`` ends it)."""
 
@@ -141,6 +162,8 @@ class TransformersGenerator(Generator):
     """
 
     name = "transformers"
+    #: seconds an abandoned stream waits for its generation thread to stop (it stops after the current step)
+    abandon_timeout = 30.0
 
     def __init__(self, model: Any, tokenizer: Any, *, template: str = "auto", prefix: str = "", suffix: str = "\n",
                  device: str | torch.device = "cpu") -> None:  # fmt: skip
@@ -224,7 +247,11 @@ class TransformersGenerator(Generator):
         return cut_at_stop(text, stop)
 
     def stream(self, prompt: str, *, max_new_tokens: int, stop: Sequence[str] = (), task: str = "chatting") -> Iterator[str]:
+        """Pieces of the reply from ``generate`` running in a thread. Closing the stream early (a client
+        gone, an error in the consumer) stops that generation at its next step and waits for the thread."""
         kwargs = self._kwargs(prompt, max_new_tokens, stop)
+        abandoned = threading.Event()
+        kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []), _StopOnEvent(abandoned)]
         streamer = _QueueStreamer(self.tokenizer, kwargs["input_ids"].shape[1])
         errors: list[BaseException] = []
 
@@ -239,12 +266,15 @@ class TransformersGenerator(Generator):
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         sent = ""
-        while (piece := streamer.q.get()) is not None:
-            full = cut_at_stop(sent + piece, stop)
-            if len(full) > len(sent):
-                yield full[len(sent) :]
-                sent = full
-        thread.join()
+        try:
+            while (piece := streamer.q.get()) is not None:
+                full = cut_at_stop(sent + piece, stop)
+                if len(full) > len(sent):
+                    yield full[len(sent) :]
+                    sent = full
+        finally:  # done, or abandoned: no generation outlives the stream
+            abandoned.set()
+            thread.join(timeout=self.abandon_timeout)
         if errors:
             raise errors[0]
 
@@ -317,6 +347,10 @@ class OpenAIGenerator(Generator):
         self.model, self.retries, self.backoff, self.system = model, retries, backoff, system
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)
+
+    def close(self) -> None:
+        """Close the HTTP client and its pooled connections (idempotent)."""
+        self.client.close()
 
     def _body(self, prompt: str, max_new_tokens: int, stop: Sequence[str], stream: bool) -> dict[str, Any]:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": prompt}]
@@ -406,7 +440,11 @@ def load_generator(spec: str, *, cache_dir: str | Path | None = None, template: 
     folder or a ``.gguf`` file."""
     if spec.startswith(("http://", "https://")):
         gen = OpenAIGenerator(spec, model_name, api_key=api_key, timeout=timeout, retries=retries)
-        gen.check()
+        try:
+            gen.check()
+        except BaseException:
+            gen.close()
+            raise
         return gen
     if spec == "smollm2":
         return TransformersGenerator.from_pretrained(smollm2_gguf(), cache_dir=cache_dir, template=template)

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     cfg = _memo_config(args)
     prompts = load_prompts(args.prompts)
     gen = _generator(args)
-    with _db(args.db, must_exist=False) as store:  # closed on every exit, a failed turn's included
+    with gen, _db(args.db, must_exist=False) as store:  # both closed on every exit, a failed turn's included
         bot = MemoChat(gen, store, cfg, prompts)
         messages = list(args.message or [])
         interactive = not messages
@@ -160,14 +161,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError("--api-key must not be empty")
     cfg = _memo_config(args)
     prompts = load_prompts(args.prompts)
-    gen = _generator(args)
-    store = _db(args.db, must_exist=False)
-    print(f"memochat: serving {getattr(gen, 'name', 'model')} with memory on http://{args.host}:{args.port}/v1, "
-          f"memo browser at http://{args.host}:{args.port}/ (database {args.db})", file=sys.stderr)  # fmt: skip
-    if key is None and not is_loopback(args.host):
-        print(f"memochat: warning: {args.host} is reachable from other machines and no --api-key is set: "
-              "anyone who can connect can read, edit and delete the memos", file=sys.stderr)  # fmt: skip
-    serve(MemoChat(gen, store, cfg, prompts), args.host, args.port, args.serve_name, key)
+    with _generator(args) as gen:  # its connections closed once the server has shut down
+        store = _db(args.db, must_exist=False)
+        print(f"memochat: serving {getattr(gen, 'name', 'model')} with memory on http://{args.host}:{args.port}/v1, "
+              f"memo browser at http://{args.host}:{args.port}/ (database {args.db})", file=sys.stderr)  # fmt: skip
+        if key is None and not is_loopback(args.host):
+            print(f"memochat: warning: {args.host} is reachable from other machines and no --api-key is set: "
+                  "anyone who can connect can read, edit and delete the memos", file=sys.stderr)  # fmt: skip
+        serve(MemoChat(gen, store, cfg, prompts), args.host, args.port, args.serve_name, key)
     return 0
 
 
@@ -248,11 +249,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.model.startswith(("http://", "https://")):
         raise BadInputError("train needs a local model (smollm2, tiny, a folder or a .gguf file), not a server URL")
     gen: Any = _generator(args)
-    out = claim_output_dir(args.output, KIND_TRAIN)
-    template = "chat" if getattr(gen, "template", "raw") == "chat" else "raw"
-    res = tune(gen.model, gen.tokenizer, records, out, method=args.method, lora=lora, steps=args.steps, lr=args.lr,
-               batch_size=args.batch_size, max_len=args.max_len, heldout_per_task=args.heldout, eval_every=args.eval_every,
-               seed=max(0, args.seed), template=template, progress=not args.no_progress)  # fmt: skip
+    with gen:
+        out = claim_output_dir(args.output, KIND_TRAIN)
+        template = "chat" if getattr(gen, "template", "raw") == "chat" else "raw"
+        res = tune(gen.model, gen.tokenizer, records, out, method=args.method, lora=lora, steps=args.steps, lr=args.lr,
+                   batch_size=args.batch_size, max_len=args.max_len, heldout_per_task=args.heldout, eval_every=args.eval_every,
+                   seed=max(0, args.seed), template=template, progress=not args.no_progress)  # fmt: skip
     res.plot = str(plot_curves(res, out / "curves.png"))
     save_json(out / "curves.json", res.to_dict())
     return report(res.to_dict(), args, _train_human)
@@ -273,17 +275,20 @@ def cmd_eval_mtbench(args: argparse.Namespace) -> int:
     dialogues = load_mtbench(args.data)
     out = check_output_file(args.output, [".json"])
     prompts = load_prompts(args.prompts)
-    judge_gen = None
-    if args.judge:
-        judge_gen = load_generator(args.judge, model_name=args.judge_model, api_key=args.judge_api_key, timeout=args.timeout)
-    if not args.answered:
-        cfg = _memo_config(args)
-        gen = _generator(args)
-        with MemoStore(":memory:" if args.db is None else args.db) as store:
-            dialogues = mt_answer(MemoChat(gen, store, cfg, prompts), dialogues, show_progress=not args.no_progress)
-    result: dict[str, Any] = {"dialogues": dialogues}
-    if judge_gen is not None:
-        result.update(mt_judge(dialogues, judge_gen, prompts, show_progress=not args.no_progress))
+    result: dict[str, Any] = {}
+    with ExitStack() as closing:  # the generators' connections closed on every exit
+        judge_gen = None
+        if args.judge:
+            judge_gen = closing.enter_context(load_generator(args.judge, model_name=args.judge_model, api_key=args.judge_api_key,
+                                                             timeout=args.timeout))  # fmt: skip
+        if not args.answered:
+            cfg = _memo_config(args)
+            gen = closing.enter_context(_generator(args))
+            with MemoStore(":memory:" if args.db is None else args.db) as store:
+                dialogues = mt_answer(MemoChat(gen, store, cfg, prompts), dialogues, show_progress=not args.no_progress)
+        result["dialogues"] = dialogues
+        if judge_gen is not None:
+            result.update(mt_judge(dialogues, judge_gen, prompts, show_progress=not args.no_progress))
     save_json(out, result)
     summary = {k: v for k, v in result.items() if k != "dialogues"}
     summary["file"] = str(out)
@@ -302,12 +307,12 @@ def cmd_eval_consistency(args: argparse.Namespace) -> int:
     cfg = _memo_config(args)
     prompts = load_prompts(args.prompts)
     out = check_output_dir(args.output, KIND_EVAL) if args.output else None
-    gen = _generator(args)
-    if out is not None:
-        out = claim_output_dir(out, KIND_EVAL)
     answers: list[dict[str, Any]] = []
-    results = [run_variant(v, gen, convs, cfg, prompts, prefilter_k=args.variant_k, show_progress=not args.no_progress,
-                           on_turn=answers.append) for v in variants]  # fmt: skip
+    with _generator(args) as gen:
+        if out is not None:
+            out = claim_output_dir(out, KIND_EVAL)
+        results = [run_variant(v, gen, convs, cfg, prompts, prefilter_k=args.variant_k, show_progress=not args.no_progress,
+                               on_turn=answers.append) for v in variants]  # fmt: skip
     result = {"backend": args.model, "variants": results, "markdown": table(results, args.model), "kinds": list(KINDS),
               "conversations": len(convs), "probes_per_variant": results[0]["probes"] if results else 0}  # fmt: skip
     if out is not None:

@@ -203,8 +203,14 @@ class MemoChat:
         prep = self._prepare(text, user, session)
         pieces: list[str] = []
         t = time.perf_counter()
-        for piece in self.generator.stream(prep.prompt, max_new_tokens=self.config.answer_tokens, task="chatting"):
-            pieces.append(piece)
-            yield piece
+        stream = self.generator.stream(prep.prompt, max_new_tokens=self.config.answer_tokens, task="chatting")
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                yield piece
+        finally:  # abandoned: stop the backend's generation now, not when the stream is garbage-collected
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
         prep.result.model_s += time.perf_counter() - t
         yield self._commit(prep, "".join(pieces))

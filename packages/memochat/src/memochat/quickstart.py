@@ -40,10 +40,17 @@ def run(out: Path, model: str = "smollm2", generator: Generator | None = None, a
     for suffix in ("", "-wal", "-shm"):  # the demo owns its folder: start afresh
         Path(str(db) + suffix).unlink(missing_ok=True)
     t0 = time.perf_counter()
+    owned = generator is None  # a generator loaded here is closed here; one passed in stays the caller's
     if generator is None:  # oracle: the rule-based model of the consistency benchmark (no weights)
         generator = OracleGenerator() if model == "oracle" else load_generator(model, cache_dir=out.parent / ".memochat-cache")
-    gen = generator
-    load_s = time.perf_counter() - t0
+    try:
+        return _run(out, db, model, generator, answer_tokens, progress, time.perf_counter() - t0)
+    finally:
+        if owned:
+            generator.close()
+
+
+def _run(out: Path, db: Path, model: str, gen: Generator, answer_tokens: int, progress: bool, load_s: float) -> dict[str, Any]:
     cfg = MemoConfig(answer_tokens=answer_tokens, prefilter="none")
     store = MemoStore(db)
     bot = MemoChat(gen, store, cfg)
