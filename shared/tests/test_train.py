@@ -122,8 +122,17 @@ from test_train import _cfg, _data, _model, _params
 from slimkit.train import train
 
 out = Path({out!r})
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    rank = PartialState().process_index  # not before train(): it sets up the CPU process group
+    extra = {{"rank": float(rank)}} | ({{"only_rank0": 7.0}} if rank == 0 else {{}})
+    return torch.nn.functional.cross_entropy(model(x), y), extra
+
+
 model = _model()
-train(model, _data(), _cfg(out / "run", max_steps=6, batch_size=8, checkpoint_every=3))
+train(model, _data(), _cfg(out / "run", max_steps=6, batch_size=8, checkpoint_every=3, log_every=1), loss_fn=loss_fn)
 torch.save(_params(model), out / f"rank{{PartialState().process_index}}.pt")
 """
 
@@ -147,6 +156,9 @@ def test_accelerate_launch_two_cpu_processes_end_identical(tmp_path: Path) -> No
     assert torch.equal(w0, w1)
     assert not torch.equal(w0, _params(_model()))  # it trained
     assert (tmp_path / "run" / "checkpoints" / "step_3" / "trainer_state.json").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6  # extras are averaged over processes like the loss; a name one process lacks, over the rest
+    assert all(row["rank"] == 0.5 and row["only_rank0"] == 7.0 for row in rows)
 
 
 @pytest.mark.parametrize(

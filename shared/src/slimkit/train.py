@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -398,6 +398,21 @@ def _resolve_resume(out: Path, resume_from: str | None, max_steps: int) -> Path 
     return path
 
 
+def _process_mean(accelerator: Accelerator, sums: dict[str, float], micro_batches: int) -> dict[str, float]:
+    """The loss function's extra metrics for one step: the mean over micro-batches, then over processes (as the
+    loss column). A name some processes did not report this step is averaged over those that did."""
+    local = {k: v / max(1, micro_batches) for k, v in sums.items()}
+    if accelerator.num_processes == 1:
+        return local
+    names = sorted(set().union(*gather_object([sorted(local)])))  # every process takes part, same order after
+    if not names:
+        return {}
+    values = torch.tensor([[local.get(k, 0.0), float(k in local)] for k in names], dtype=torch.float64,
+                          device=accelerator.device)  # fmt: skip
+    total = accelerator.reduce(values, reduction="sum")
+    return {k: float(total[i, 0] / total[i, 1]) for i, k in enumerate(names) if total[i, 1] > 0}
+
+
 def _call(callbacks: Sequence[Any], hook: str, ctx: TrainContext) -> None:
     for cb in callbacks:
         fn = getattr(cb, hook, None)
@@ -538,7 +553,7 @@ def train(
             local = torch.tensor(window_loss / max(1, window_n), device=accelerator.device)
             last_loss = float(accelerator.reduce(local, reduction="mean"))
             ctx.metrics = {"step": step, "loss": last_loss, "lr": float(scheduler.get_last_lr()[0])}
-            ctx.metrics.update({k: v / max(1, window_n) for k, v in extra_sum.items()})
+            ctx.metrics.update(_process_mean(accelerator, extra_sum, window_n))
             window_loss, window_n, extra_sum = 0.0, 0, {}
             _call(callbacks, "on_step_end", ctx)
             bar.update(1)
