@@ -59,6 +59,8 @@ def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path,
     assert 0 <= fp_result["backbone_pretraining"]["val_crop_acc"] <= 1 and (runs / "fp" / "pretrain").is_dir()
     fp, quant, extra = load_model_folder(runs / "fp" / "model")
     assert quant is None and extra["method"] == "fp" and type(fp).__name__ == "DetrForObjectDetection"
+    assert extra["categories"] == [(1, "square"), (2, "disk"), (3, "triangle")]  # what label i stands for
+    assert fp.config.id2label == {0: "square", 1: "disk", 2: "triangle"}
     assert (runs / "fp" / "model" / "config.json").is_file()  # a transformers save_pretrained folder
     model, quant, extra = load_model_folder(runs / "q" / "model")
     conv = "model.backbone.model.encoder.stages.1.layers.0.layer.0.convolution"  # the student trained its backbone
@@ -74,6 +76,7 @@ def test_fp_then_qdetr_runs_save_reloadable_models_with_their_scores(runs: Path,
     assert evaluate_model(model, val) == result["val"] == extra["val"]  # the reloaded model scores as trained
     evaluated = _json(capsys, "eval", str(runs / "q" / "model"), "--data", str(runs / "data" / "val"))
     assert {k: evaluated[k] for k in result["val"]} == result["val"] and evaluated["bits"] == "4-4-8"
+    assert evaluated["categories_checked"] is True and extra["categories"][2] == (3, "triangle")
     run = json.loads((runs / "q" / "run.json").read_text())
     assert run["drd"]["tau"] == 0.0 and run["quant"]["_type"] == "QDetrConfig"
 
@@ -151,6 +154,8 @@ def test_demo_short_run_scores_both_models(tmp_path: Path, capsys) -> None:
     r = _json(capsys, "demo", "--steps", "2", "-o", str(tmp_path / "demo"))
     assert set(r["fp"]) == set(r["qdetr"]) >= {"AP", "AP50", "AP75"}
     assert (tmp_path / "demo" / "qdetr" / "model" / "qdetr.json").is_file()
+    for name in ("fp", "qdetr"):  # both models record the shapes' categories
+        assert load_model_folder(tmp_path / "demo" / name / "model")[2]["categories"][0] == (1, "square")
     again = _json(capsys, "demo", "--steps", "2", "-o", str(tmp_path / "demo"))  # a re-run into the same folder
     assert again["fp"] == r["fp"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -248,3 +249,19 @@ def test_cli_exports_a_quantized_folder_and_refuses_an_fp_one(tmp_path: Path, ca
     assert main(["export", str(tmp_path / "fp"), "-o", str(tmp_path / "fp.safetensors")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a full-precision model" in err and not (tmp_path / "fp.safetensors").exists()
+
+
+def test_export_carries_the_recorded_categories(tmp_path: Path, capsys, exported) -> None:
+    model = copy.deepcopy(exported[0])  # saving with categories names the labels of the model's own config
+    categories = [(1, "square"), (2, "disk"), (7, "triangle")]
+    save_model_folder(tmp_path / "q", model, QDetrConfig(), categories=categories)
+    target = tmp_path / "q.safetensors"
+    assert main(["export", str(tmp_path / "q"), "-o", str(target), "--json"]) == 0
+    capsys.readouterr()
+    info = export_info(target)
+    assert info["categories"] == [{"id": 1, "name": "square"}, {"id": 2, "name": "disk"}, {"id": 7, "name": "triangle"}]
+    assert load_exported(target).config.id2label == {0: "square", 1: "disk", 2: "triangle"}
+    assert "categories" not in export_info(exported[1])  # a model without a record: none in the file
+    with pytest.raises(BadInputError, match="2 categories for a model that predicts 3"):
+        export(model, tmp_path / "bad.safetensors", QDetrConfig(), categories=categories[:2])
+    assert not (tmp_path / "bad.safetensors").exists()

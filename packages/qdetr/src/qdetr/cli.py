@@ -17,7 +17,7 @@ from torch import nn
 from qdetr import __version__
 from qdetr.bench import BenchSizes, run_benchmarks
 from qdetr.bops import detr_ops
-from qdetr.checkpoints import load_model_folder, save_model_folder
+from qdetr.checkpoints import CATEGORIES, check_categories, load_model_folder, save_model_folder
 from qdetr.config import ALIGNMENTS, PAIRINGS, SELECTIONS, DRDConfig, QDetrConfig
 from qdetr.data import COINS_KIND, CocoDetectionSet, collate, make_coins, make_shapes_splits
 from qdetr.drd import CoAttendedTap
@@ -99,17 +99,27 @@ def _drd_config(args: argparse.Namespace) -> DRDConfig:
     return DRDConfig(tau=args.tau, weight=args.drd_weight, layers=layers, select=args.select, pairing=args.pairing)
 
 
-def _start_model(args: argparse.Namespace, num_labels: int) -> nn.Module:
+def _check_data(name: str, model: nn.Module, extra: dict[str, Any], data_name: str, dataset: CocoDetectionSet) -> bool:
+    """Refuse (one line) a COCO folder the model was not trained on: other categories than the model's
+    recorded ones (ids, names or order), or, without a record, another number of classes.
+    Returns whether the categories themselves were checked (False: only their count)."""
+    checked = check_categories(name, extra.get(CATEGORIES), data_name, dataset.label_categories)
+    config: Any = getattr(model, "config", None)
+    labels = int(getattr(config, "num_labels", 0) or 0)
+    if labels != dataset.num_labels:
+        raise BadInputError(f"{name} predicts {labels} classes, {data_name} has {dataset.num_labels}")
+    return checked
+
+
+def _start_model(args: argparse.Namespace, train_set: CocoDetectionSet) -> nn.Module:
     """The FP weights training starts from: a random tiny DETR, or a saved FP model folder."""
     if args.model == "tiny":
         torch.manual_seed(args.seed)
-        return tiny_detr(num_labels)
-    model, quant, _ = load_model_folder(args.model)
+        return tiny_detr(train_set.num_labels)
+    model, quant, extra = load_model_folder(args.model)
     if quant is not None:
         raise BadInputError(f"--model {args.model} is already quantized; start from a full-precision model")
-    labels = int(model.config.num_labels or 0)
-    if labels != num_labels:
-        raise BadInputError(f"--model {args.model} predicts {labels} classes, the data has {num_labels}")
+    _check_data(f"--model {args.model}", model, extra, "the data", train_set)
     return model
 
 
@@ -137,17 +147,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     check_output_dir(out, KIND_TRAIN)
     train_set = CocoDetectionSet(args.data, image_size=args.image_size, train=True)
     val_set = CocoDetectionSet(args.val_data, image_size=args.image_size)
-    if val_set.categories != train_set.categories:
-        raise BadInputError(f"--val-data categories {val_set.categories} differ from --data's {train_set.categories}")
-    model = _start_model(args, train_set.num_labels)
+    if val_set.label_categories != train_set.label_categories:  # ids and names: the model is scored with --data's
+        raise BadInputError(f"--val-data categories {val_set.label_categories} differ from --data's "
+                            f"{train_set.label_categories}")  # fmt: skip
+    model = _start_model(args, train_set)
     teacher = None
     if args.method in ("qdetr", "logit-kd"):
         source = args.teacher or (args.model if args.model != "tiny" else None)
         if source is None:
             raise BadInputError(f"--method {args.method} distils from an FP teacher: give --teacher (or an FP --model folder)")
-        teacher, t_quant, _ = load_model_folder(source)
+        teacher, t_quant, t_extra = load_model_folder(source)
         if t_quant is not None:
             raise BadInputError(f"--teacher {source} is quantized; the teacher is the full-precision model")
+        _check_data(f"teacher {source}", teacher, t_extra, "the data", train_set)  # its logits must mean the same
     if drd is not None and teacher is not None:  # --drd-layers must exist in both decoders, before the first write
         for net in (model, teacher):
             CoAttendedTap(net, drd.layers).close()
@@ -176,29 +188,32 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         "backbone_pretraining": pretrained,
     }  # fmt: skip
     if state.is_main_process:
-        save_model_folder(out / "model", model, quant, {"method": args.method, "val": metrics})
+        save_model_folder(out / "model", model, quant, {"method": args.method, "val": metrics},
+                          categories=train_set.label_categories)  # fmt: skip
         save_json(out / "result.json", summary)
     return summary
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     at_least("batch-size", args.batch_size, 1)
-    model, quant, _ = load_model_folder(args.checkpoint)
+    model, quant, extra = load_model_folder(args.checkpoint)
     dataset = CocoDetectionSet(args.data, image_size=args.image_size)
-    labels = int(model.config.num_labels or 0)
-    if labels != dataset.num_labels:
-        raise BadInputError(f"{args.checkpoint} predicts {labels} classes, {args.data} has {dataset.num_labels}")
+    checked = _check_data(str(args.checkpoint), model, extra, str(args.data), dataset)
     device = resolve_device(args.device)
     model.to(device)  # type: ignore[arg-type]
     metrics = evaluate_model(model, dataset, batch_size=args.batch_size, device=device)
     bits = f"{quant.w_bits}-{quant.a_bits}-{quant.attn_bits}" if quant else "32-32-32"
-    return {"checkpoint": str(args.checkpoint), "data": str(args.data), "bits": bits, "images": len(dataset), **metrics}
+    return {"checkpoint": str(args.checkpoint), "data": str(args.data), "bits": bits, "images": len(dataset),
+            "categories_checked": checked, **metrics}  # fmt: skip
 
 
 def _metrics_human(result: dict[str, Any]) -> str:
     m = result.get("val", result)
     head = f"{result.get('method', result.get('checkpoint', ''))} ({result.get('bits', '')})"
-    return f"{head}: AP {100 * m['AP']:.1f}  AP50 {100 * m['AP50']:.1f}  AP75 {100 * m['AP75']:.1f}"
+    line = f"{head}: AP {100 * m['AP']:.1f}  AP50 {100 * m['AP50']:.1f}  AP75 {100 * m['AP75']:.1f}"
+    if result.get("categories_checked") is False:
+        line += "  (the model records no categories: only their number was checked against the data)"
+    return line
 
 
 # --------------------------------------------------------------------------- export / visualize
@@ -206,11 +221,11 @@ def _metrics_human(result: dict[str, Any]) -> str:
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     target = check_output_file(args.output, (".safetensors",))
-    model, quant, _ = load_model_folder(args.checkpoint)
+    model, quant, extra = load_model_folder(args.checkpoint)
     if quant is None:
         raise BadInputError(f"{args.checkpoint} is a full-precision model; export takes a quantized model folder "
                             "written by train (RUN/model)")  # fmt: skip
-    result = export(model.eval(), target, quant)
+    result = export(model.eval(), target, quant, categories=extra.get(CATEGORIES))
     return {"checkpoint": str(args.checkpoint), "output": str(target), **result.to_dict()}
 
 
@@ -225,11 +240,9 @@ def cmd_visualize(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 <= args.threshold <= 1:
         raise BadInputError(f"--threshold must be in [0, 1], got {args.threshold}")
     out = check_output_dir(args.output, KIND_VISUALIZE)
-    model, quant, _ = load_model_folder(args.checkpoint)
+    model, quant, extra = load_model_folder(args.checkpoint)
     dataset = CocoDetectionSet(args.data, image_size=args.image_size)
-    labels = int(model.config.num_labels or 0)
-    if labels != dataset.num_labels:
-        raise BadInputError(f"{args.checkpoint} predicts {labels} classes, {args.data} has {dataset.num_labels}")
+    _check_data(str(args.checkpoint), model, extra, str(args.data), dataset)
     teacher: nn.Module | None = None
     if args.teacher is not None:
         if quant is None:

@@ -664,6 +664,11 @@ class CocoDetectionSet(Dataset[tuple[Tensor, dict[str, Tensor]]]):
         """K, the number of object classes (DETR adds the no-object class K)."""
         return len(self.categories)
 
+    @property
+    def label_categories(self) -> list[tuple[int, str]]:
+        """``(COCO category id, name)`` of each label index, in label order (what a model trained on it predicts)."""
+        return [(c, self.category_names[c]) for c in self.categories]
+
     def _read(self, rec: Mapping[str, Any]) -> Tensor:
         path = self.folder / IMAGES_DIR / rec["file_name"]
         try:

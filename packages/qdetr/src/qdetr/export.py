@@ -33,7 +33,9 @@ model, e.g. ``model.decoder.layers.0.encoder_attn.base_layer.q_proj``):
 
 Metadata (``slimkit`` key of the safetensors header, JSON): ``format`` (:data:`FORMAT`),
 ``format_version``, ``package``, ``version``, ``torch``, ``config`` (the QDetrConfig through
-``slimkit.io.config_to_dict``), ``detr_config`` (``DetrConfig.to_dict()``), ``layers`` (one row per
+``slimkit.io.config_to_dict``), ``detr_config`` (``DetrConfig.to_dict()``), ``categories`` (only when
+given: the ``[{"id", "name"}, ...]`` COCO categories of the label indices, as in a model folder's
+``qdetr.json``; the names are also the DETR config's ``id2label``), ``layers`` (one row per
 quantized layer: name, shape, bits, sizes), ``tensors`` (every tensor name) and ``sha256`` over
 the metadata and every tensor's name, dtype, shape and bytes: a truncated, edited or bit-flipped
 file is refused, never loaded as another model.
@@ -49,7 +51,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -61,6 +63,7 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from qdetr.api import quantize
 from qdetr.attention import QuantAttention
+from qdetr.checkpoints import CATEGORIES, categories_from_json, categories_to_json
 from qdetr.config import QDetrConfig
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import config_from_dict, config_to_dict, load_checked_state_dict, save_checked_state_dict, short_list
@@ -232,8 +235,17 @@ def _pack(name: str, layer: LSQLayer) -> tuple[dict[str, Tensor], dict[str, Any]
     return quant, entry, report
 
 
-def export(model: nn.Module, path: str | os.PathLike[str], config: QDetrConfig) -> ExportReport:
+def export(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    config: QDetrConfig,
+    categories: Sequence[tuple[int, str]] | None = None,
+) -> ExportReport:
     """Write ``model`` (a DETR quantized with ``config``) to ``path`` as packed codes plus float state; atomic.
+
+    ``categories``: the ``(COCO category id, name)`` of each label index (a model folder's recorded
+    ones, ``load_model_folder(...)[2]["categories"]``), stored in the metadata and as the stored
+    DETR config's ``id2label`` / ``label2id`` (the model itself is not changed).
 
     Every check (the model is what ``config`` makes of its DETR, every layer's codes round-trip
     exactly) runs before the disk is touched, and the file is written through ``slimkit.io``
@@ -248,6 +260,11 @@ def export(model: nn.Module, path: str | os.PathLike[str], config: QDetrConfig) 
     if not isinstance(detr, DetrConfig):
         raise BadInputError(f"{type(model).__name__} has no DetrConfig: export takes a quantized DetrForObjectDetection")
     detr_dict = json.loads(json.dumps(detr.to_dict()))
+    labels = int(detr.num_labels or 0)
+    recorded = None if categories is None else categories_to_json(categories, labels)
+    if recorded is not None:  # the names as the stored config's labels, as a model folder's config.json has them
+        detr_dict["id2label"] = {str(i): c["name"] for i, c in enumerate(recorded)}
+        detr_dict["label2id"] = {c["name"]: i for i, c in enumerate(recorded)}
     layers = _check_model(model, config, detr_dict)
     state = model.state_dict()
     coded = _coded_keys(layers, state)
@@ -269,6 +286,8 @@ def export(model: nn.Module, path: str | os.PathLike[str], config: QDetrConfig) 
         "torch": torch.__version__, "config": config_to_dict(config), "detr_config": detr_dict,
         "layers": entries,
     }  # fmt: skip
+    if recorded is not None:
+        meta[CATEGORIES] = recorded
     save_checked_state_dict(target, tensors, meta)  # adds the tensor list and the checksum
     fp32 = sum(r.fp32_bytes for r in reports)
     exported = sum(r.exported_bytes for r in reports)
@@ -289,6 +308,8 @@ def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, An
     layers = meta.get("layers")
     if not isinstance(layers, list) or not all(isinstance(e, dict) for e in layers):
         raise CorruptFileError(f"{p} has corrupt export metadata (layer table)")
+    if CATEGORIES in meta:
+        categories_from_json(meta[CATEGORIES], str(p))
     return tensors, meta, p
 
 
@@ -315,6 +336,8 @@ def load_exported(path: str | os.PathLike[str]) -> DetrForObjectDetection:
     except BadInputError as exc:
         raise CorruptFileError(f"{p} holds an invalid QDetrConfig: {_one_line(exc)}") from None
     detr_config = _detr_config(meta.get("detr_config"), str(p))
+    if CATEGORIES in meta:
+        categories_from_json(meta[CATEGORIES], str(p), int(detr_config.num_labels or 0))  # one per class
     try:
         model = _build(detr_config, config)
     except (BadInputError, TypeError, ValueError, KeyError, RuntimeError) as exc:

@@ -38,7 +38,8 @@ def run(out: Path, steps: int = 300, seed: int = 0, n_train: int = 64, n_val: in
     settings = FitSettings(steps=steps, backbone_steps=0, batch_size=8, seed=seed, progress=progress)
     fit(teacher, train_set, "fp", out / "fp", settings)
     fp_metrics = evaluate_model(teacher, val_set)
-    save_model_folder(out / "fp" / "model", teacher, None, {"val": fp_metrics})
+    categories = train_set.label_categories  # what each label index stands for, recorded in both model folders
+    save_model_folder(out / "fp" / "model", teacher, None, {"val": fp_metrics}, categories=categories)
     student = copy.deepcopy(teacher)
     quant, drd = QDetrConfig(), DRDConfig()
     q_settings = FitSettings(steps=max(2, steps // 2), backbone_steps=max(1, steps // 6), batch_size=8, seed=seed,
@@ -46,7 +47,7 @@ def run(out: Path, steps: int = 300, seed: int = 0, n_train: int = 64, n_val: in
     calibration = collate([train_set[i] for i in range(min(8, len(train_set)))])["pixel_values"]
     fit(student, train_set, "qdetr", out / "qdetr", q_settings, quant, teacher, drd, calibration)
     q_metrics = evaluate_model(student, val_set)
-    save_model_folder(out / "qdetr" / "model", student, quant, {"val": q_metrics})
+    save_model_folder(out / "qdetr" / "model", student, quant, {"val": q_metrics}, categories=categories)
     figure = (f"val AP50 FP {100 * fp_metrics['AP50']:.1f}, Q-DETR 4-4-8 {100 * q_metrics['AP50']:.1f} "
               f"(AP {100 * fp_metrics['AP']:.1f} / {100 * q_metrics['AP']:.1f})")  # fmt: skip
     summary = {
