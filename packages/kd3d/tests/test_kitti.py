@@ -14,6 +14,7 @@ from kd3d.kitti import (
     parse_label_line,
     read_bin,
     read_calib,
+    read_labels,
     read_points,
     velo_to_label,
     write_calib,
@@ -69,6 +70,12 @@ def test_labels_follow_kittis_camera_frame_and_yaw_convention() -> None:
 def test_label_line_with_missing_fields_is_refused() -> None:
     with pytest.raises(CorruptFileError, match="has 8 fields, expected 15"):
         parse_label_line("Car 0 0 0 1 2 3 4", "label")
+
+
+def test_a_label_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "000000.txt").write_bytes(b"Car \xff\xfe 0 0\n")
+    with pytest.raises(CorruptFileError, match="not a KITTI label text file"):
+        read_labels(tmp_path / "000000.txt")
 
 
 def test_calib_without_transform_is_refused(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kd3d.metrics import kitti_ap, nuscenes_metrics
+from slimkit.errors import BadInputError
 
 CLASSES = ["Car", "Pedestrian"]
 
@@ -32,6 +33,8 @@ def test_perfect_predictions_score_one() -> None:
     assert m["mATE"] == pytest.approx(0.0) and m["mASE"] == pytest.approx(0.0, abs=1e-12) and m["mAOE"] == pytest.approx(0.0)
     assert kitti_ap(_perfect(gts), gts, CLASSES, "bev")["mAP"] == pytest.approx(1.0)
     assert kitti_ap(_perfect(gts), gts, CLASSES, "3d")["mAP"] == pytest.approx(1.0)
+    with pytest.raises(BadInputError, match="kind must be 'bev' or '3d'"):
+        kitti_ap(_perfect(gts), gts, CLASSES, "BEV")
 
 
 @pytest.mark.parametrize("shift", [0.3, 0.7])

@@ -74,6 +74,8 @@ def test_tap_reads_the_cross_attention_output_projection_input(detr: Any, batch:
     assert not o_proj._forward_pre_hooks  # closed: the hooks are gone
     with pytest.raises(BadInputError, match=r"decoder layers \[2\] out of range"):
         CoAttendedTap(detr, [2])
+    with pytest.raises(BadInputError, match=r"decoder layers \[-1, 1\] name one layer twice in a 2-layer decoder"):
+        CoAttendedTap(detr, [-1, 1])  # the DRD mean would count that layer twice
 
 
 def test_drd_of_a_student_identical_to_its_teacher_is_exactly_zero(detr: Any, batch: dict) -> None:

@@ -109,6 +109,11 @@ def test_embed_tracks_pools_unit_features(video: Any) -> None:
     feats = embed_tracks(net, sub, frames=2)
     assert feats.shape == (12, 16) and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
     assert np.array_equal(feats, embed_tracks(net, sub, frames=2))
+    odd = [t for t in video.tracks if t.modality == "body" and t.scene % 2 == 1][:3]  # outfit scene // 2 vs scene // 1
+    mixed = [*sub, *odd]
+    base, every_scene = embed_tracks(net, mixed, frames=2), embed_tracks(net, mixed, frames=2, outfit_every=1)
+    assert odd and not np.allclose(every_scene[12:], base[12:])  # the generator's outfit_every decides the outfit
+    assert np.array_equal(every_scene[:12], base[:12])  # scene 0: the same outfit either way
 
 
 def test_attach_group_detach() -> None:

@@ -151,7 +151,10 @@ def parse_label_line(line: str, where: str = "label") -> KittiObject:
 
 def read_labels(path: str | Path) -> list[KittiObject]:
     """Every object of a ``label_2`` file (an empty file: no objects)."""
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path} is not a KITTI label text file ({exc.reason} at byte {exc.start})") from None
     return [parse_label_line(line, f"{path} line {n}") for n, line in enumerate(lines, 1) if line.strip()]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from kd3d.boxes import limit_period, rotated_iou_3d, rotated_iou_bev
+from slimkit.errors import BadInputError
 
 __all__ = ["DIST_THS", "KITTI_IOU", "kitti_ap", "nuscenes_metrics"]
 
@@ -171,6 +172,8 @@ def kitti_ap(
     preds: Boxes, gts: Boxes, classes: Sequence[str], kind: str = "bev", iou: dict[str, float] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """KITTI-style AP|R40 per class (BEV or 3D IoU) and their mean ``mAP`` over classes with ground truth."""
+    if kind not in ("bev", "3d"):
+        raise BadInputError(f"kind must be 'bev' or '3d', got {kind!r}")
     thresholds = {**KITTI_IOU, **(iou or {})}
     iou_fn = rotated_iou_bev if kind == "bev" else rotated_iou_3d
     per_class: dict[str, float] = {}

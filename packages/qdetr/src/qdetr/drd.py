@@ -109,6 +109,8 @@ class CoAttendedTap:
         if bad:
             raise BadInputError(f"decoder layers {bad} out of range for a {n}-layer decoder")
         self.layers = [i % n for i in layers]
+        if len(set(self.layers)) != len(self.layers):  # e.g. [-1, 1] on a 2-layer decoder: one layer counted twice
+            raise BadInputError(f"decoder layers {list(layers)} name one layer twice in a {n}-layer decoder")
         self.features: dict[int, Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._hooked = self._projections(model)

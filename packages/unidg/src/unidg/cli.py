@@ -124,7 +124,7 @@ def cmd_simulate(args: argparse.Namespace) -> dict[str, Any]:
             samples = []
             for i in idx:
                 t, rng = video.tracks[int(i)], np.random.default_rng([args.seed, int(i)])
-                samples.append(face_crop(t.identity, rng) if m == 0 else body_crop(t.identity, t.scene // 2, rng)
+                samples.append(face_crop(t.identity, rng) if m == 0 else body_crop(t.identity, t.scene // cfg.outfit_every, rng)
                                if m == 1 else voice_patch(t.identity, rng))  # fmt: skip
             arrays[modality] = np.stack(samples) if samples else np.zeros((0,), np.float32)
             arrays[f"{modality}_track"] = idx
@@ -141,10 +141,18 @@ def cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
     net = _load_net(args.model)
     if not _truth(tracks):
         raise BadInputError("embed renders synthetic tracks and needs their identities; embed real tracks with your own model")
-    feats = embed_tracks(net, tracks, frames=args.frames, seed=args.seed)
+    feats = embed_tracks(net, tracks, frames=args.frames, seed=args.seed, outfit_every=_outfit_every(args.video))
     with atomic_write(target, "wb") as fh:
         np.save(fh, feats)
     return {"output": str(target), "tracks": len(tracks), "dim": int(feats.shape[1])}
+
+
+def _outfit_every(video: str) -> int:
+    """The generator's ``outfit_every`` from the folder's ``truth.json`` (``simulate`` writes it), else its default."""
+    truth = Path(video) / "truth.json"
+    config = load_json(truth, "truth file").get("config", {}) if truth.is_file() else {}
+    value = config.get("outfit_every", SynthConfig().outfit_every) if isinstance(config, dict) else SynthConfig().outfit_every
+    return value if isinstance(value, int) and value >= 1 else SynthConfig().outfit_every
 
 
 def _load_net(folder: str) -> UnifiedNet:

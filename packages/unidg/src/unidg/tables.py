@@ -252,7 +252,7 @@ def network_table(seeds: list[int], models: list[Path], config: ClusterConfig | 
         sources = [("generator embedding-only features (noise 1)", video.features)]
         for name, net, _ in nets:
             t0 = time.perf_counter()
-            sources.append((name, embed_tracks(net, video.tracks, frames=frames, seed=seed)))
+            sources.append((name, embed_tracks(net, video.tracks, frames=frames, seed=seed, outfit_every=video.config.outfit_every)))
             embed_s.append(time.perf_counter() - t0)
         for name, feats in sources:
             labels, _ = cluster_modalities(video.tracks, feats, "unidg", replace(cfg, seed=seed))

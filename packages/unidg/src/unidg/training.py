@@ -130,9 +130,12 @@ def load_net(folder: str | Path) -> tuple[UnifiedNet, dict[str, Any]]:
 
 
 @torch.no_grad()
-def embed_tracks(net: UnifiedNet, tracks: Sequence[Track], frames: int = 2, seed: int = 0, batch: int = 256) -> np.ndarray:
+def embed_tracks(
+    net: UnifiedNet, tracks: Sequence[Track], frames: int = 2, seed: int = 0, batch: int = 256, outfit_every: int = 2
+) -> np.ndarray:
     """``[T, embed]`` unit track features: ``frames`` rendered samples per track (identity from the
-    track's ground truth, outfit from its scene), embedded and mean-pooled."""
+    track's ground truth, outfit from its scene: ``scene // outfit_every``, the generator's
+    ``SynthConfig.outfit_every``), embedded and mean-pooled."""
     net.eval()
     outs = np.zeros((len(tracks), net.config.embed), np.float32)
     for m, modality in enumerate(MODALITIES):
@@ -147,7 +150,7 @@ def embed_tracks(net: UnifiedNet, tracks: Sequence[Track], frames: int = 2, seed
                 if m == 0:
                     samples.append(face_crop(t.identity, rng))
                 elif m == 1:
-                    samples.append(body_crop(t.identity, max(t.scene, 0) // 2, rng))
+                    samples.append(body_crop(t.identity, max(t.scene, 0) // outfit_every, rng))
                 else:
                     samples.append(voice_patch(t.identity, rng))
         if not samples:
