@@ -27,6 +27,16 @@ def _make_batch(seed: int = 0, batch: int = 2, size: int = 64) -> dict[str, Any]
     }
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """Tiny tensors: intra-op threads only cost time (seconds per forward on a busy machine). Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(was)
+
+
 @pytest.fixture
 def detr() -> Any:
     torch.manual_seed(0)

@@ -21,13 +21,7 @@ from slimkit.errors import BadInputError, CorruptFileError
 CATEGORIES = [(1, "square"), (2, "disk"), (3, "triangle")]  # make_shapes' ids and names, in label order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny tensors: intra-op threads only cost time here."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ from slimkit.errors import BadInputError
 PIXELS = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny tensors: intra-op threads only cost time here (seconds per forward on a busy machine)."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(was)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(alignment: str = "cross") -> tuple[Any, Any]:

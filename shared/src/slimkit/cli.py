@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from slimkit.io import save_json
 from slimkit.paths import check_input_dir, check_output_file, claim_output_dir
 from slimkit.progress import progress
 from slimkit.quickstart import run as run_demo
+from slimkit.report import finite_json
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -167,7 +167,7 @@ def emit(result: Any, as_json: bool, human: Callable[[Any], str] | None = None) 
         return
     if as_json:  # strict JSON: NaN / inf (an undefined metric) are null, which every JSON reader accepts
         plain = json.loads(json.dumps(result, default=_json_default))
-        print(json.dumps(_finite(plain), indent=2, allow_nan=False))
+        print(json.dumps(finite_json(plain), indent=2, allow_nan=False))
         return
     if human is not None:
         print(human(result))
@@ -196,16 +196,6 @@ def dispatching_main(build_parser: Callable[[], argparse.ArgumentParser], prog: 
         return int(args.func(args) or 0)
 
     return run_main(body, prog)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _json_default(obj: Any) -> Any:

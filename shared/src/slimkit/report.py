@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ReportMixin", "jsonable"]
+__all__ = ["ReportMixin", "finite_json", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -55,14 +55,15 @@ class ReportMixin:
 
     def to_json(self, indent: int | None = 2) -> str:
         """``to_dict()`` as JSON text; non-finite floats are written as ``null``."""
-        return json.dumps(_finite(self.to_dict()), indent=indent)
+        return json.dumps(finite_json(self.to_dict()), indent=indent)
 
 
-def _finite(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
+    """``value`` (JSON-shaped: dicts, lists, scalars) with NaN and infinities as ``None``: strict JSON has no NaN."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [finite_json(v) for v in value]
     return value
