@@ -68,6 +68,6 @@ ROWS: list[BadInput] = [
     BadInput("eval-consistency-few-turns", [M, "eval", "consistency", "--turns", "3"], expect="--turns must be >= 8"),
     BadInput("eval-mtbench-bad-file", [M, "eval", "mtbench", "--model", "oracle", "--data", "{tmp}/b.json", "-o", "{tmp}/o.json"],
              expect="expected", setup=file_at("b.json", '[{"type": "nonsense", "conversations": []}]')),
-    BadInput("bench-bad-memos", [M, "bench", "--memos", "0", "--kills", "0"], expect="--memos must be positive"),
+    BadInput("bench-bad-memos", [M, "bench", "--memos", "0", "--kills", "0"], expect="--memos must be comma-separated positive integers"),
     BadInput("demo-zero-answer-tokens", [M, "demo", "--answer-tokens", "0", "-o", "{tmp}/demo"], expect="--answer-tokens must be >= 1"),
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,9 @@ from nm_sparse.layers import NMLayer
 from nm_sparse.sparsify import nm_layers
 from slimkit.errors import BadInputError
 
+#: The version pyproject.toml declares: ``__version__`` (from the installed metadata) must match it.
+_PYPROJECT_VERSION = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     model.eval()
@@ -26,7 +31,7 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def test_contract_names() -> None:
     assert api.ENTRY_POINT is api.sparsify_ is nm_sparse.sparsify_
     assert api.UNDO is api.unsparsify is nm_sparse.unsparsify
-    assert nm_sparse.__version__ == "0.3.0"
+    assert nm_sparse.__version__ == _PYPROJECT_VERSION
     assert len(nm_sparse.__all__) <= 16
     for name in (
         "__version__",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nm_sparse
 import nm_sparse.sweep as sweep
 from nm_sparse.cli import main
 
@@ -246,7 +247,7 @@ def test_parser_dispatches_through_func_and_has_demo() -> None:
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--version"]) == 0
-    assert capsys.readouterr().out.strip() == "nm-sparse 0.3.0"
+    assert capsys.readouterr().out.strip() == f"nm-sparse {nm_sparse.__version__}"
 
 
 def test_demo_writes_deployed_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,9 @@ from token_rate.diffrate import build_diffrate, build_search
 from token_rate.registry import REGISTRY
 from token_rate.tome import build_tome
 
+#: The version pyproject.toml declares: ``__version__`` (from the installed metadata) must match it.
+_PYPROJECT_VERSION = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["version"]
+
 
 def test_narrow_all_and_version():
     assert len(token_rate.__all__) <= 16
@@ -23,7 +28,7 @@ def test_narrow_all_and_version():
         assert name in token_rate.__all__
     for t in REGISTRY.config_types:
         assert t.__name__ in token_rate.__all__
-    assert token_rate.__version__ == "0.3.0"
+    assert token_rate.__version__ == _PYPROJECT_VERSION
     # 0.1 names stay importable from the package root: the very objects of their modules
     patch_module = importlib.import_module("token_rate.patch")
     assert token_rate.model_dims is patch_module.model_dims and token_rate.get_context is patch_module.get_context

@@ -237,7 +237,7 @@ def test_version_and_parser_contract(capsys):
     from token_rate.cli import build_parser
 
     code, out, _ = _run(capsys, "--version")
-    assert code == 0 and out.strip() == "token-rate 0.3.0"
+    assert code == 0 and out.strip() == f"token-rate {token_rate.__version__}"
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert "demo" in sub.choices
