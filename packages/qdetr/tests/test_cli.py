@@ -101,6 +101,16 @@ def test_train_refuses_bad_arguments_in_one_line_before_writing(
     assert not out.exists()
 
 
+def test_logit_kd_from_a_random_student_is_refused(tmp_path: Path, capsys) -> None:
+    """Logit KD pairs query slot i with the teacher's slot i: a random student's slots mean nothing to it."""
+    out = tmp_path / "kd"
+    code = main(["train", "--method", "logit-kd", "--model", "tiny", "--teacher", str(tmp_path / "fp"),
+                 "--data", str(tmp_path / "data"), "--val-data", str(tmp_path / "val"), "-o", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "start the student from the FP teacher" in err, err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [

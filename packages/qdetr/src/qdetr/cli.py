@@ -134,6 +134,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("backbone-steps", "checkpoint-every", "weight-decay", "warmup-steps", "pretrain-steps"):
         at_least(name, getattr(args, name.replace("-", "_")), 0)
     positive("lr", args.lr)
+    if args.method == "logit-kd" and args.model == "tiny":  # KL slot by slot: slot i must be the teacher's slot i
+        raise BadInputError("--method logit-kd matches student and teacher query by query: start the student from "
+                            "the FP teacher (--model <teacher folder>), not from a random --model tiny")  # fmt: skip
     quantized = args.method != "fp"
     quant = _quant_config(args) if quantized else None
     drd = _drd_config(args) if args.method == "qdetr" else None
