@@ -27,7 +27,7 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from qdetr.api import quantize
 from qdetr.config import QDetrConfig
-from qdetr.models import load_detr, quiet_transformers
+from qdetr.models import load_detr, quiet_transformers, trainable_detr
 from qdetr.registry import REGISTRY
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import config_to_dict, load_into, load_json, load_state_dict, save_json, save_state_dict
@@ -174,9 +174,7 @@ def load_model_folder(folder: str | Path) -> tuple[DetrForObjectDetection, QDetr
         raise CorruptFileError(f"{path / 'config.json'}: not a DETR config ({exc})") from None
     if not (path / "model.safetensors").is_file():
         raise BadInputError(f"no model.safetensors in {path}")
-    model = _counted(DetrForObjectDetection(config), extra, meta_file)
-    for param in model.parameters():  # trainable, as from_pretrained gives them (a config build freezes the ResNet)
-        param.requires_grad_(True)
+    model = _counted(trainable_detr(config), extra, meta_file)
     quantize(model, quant)  # two stages end in the same structure as one "all" quantization
     state, _ = load_state_dict(path / "model.safetensors")
     load_into(model, state)

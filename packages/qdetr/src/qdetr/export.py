@@ -65,6 +65,7 @@ from qdetr.api import quantize
 from qdetr.attention import QuantAttention
 from qdetr.checkpoints import CATEGORIES, categories_from_json, categories_to_json
 from qdetr.config import QDetrConfig
+from qdetr.models import trainable_detr
 from slimkit.errors import BadInputError, CorruptFileError
 from slimkit.io import config_from_dict, config_to_dict, load_checked_state_dict, save_checked_state_dict, short_list
 from slimkit.packing import pack_bits, packed_length, unpack_bits
@@ -164,9 +165,7 @@ def _detr_config(data: Any, where: str) -> DetrConfig:
 def _build(detr_config: DetrConfig, config: QDetrConfig, device: str | torch.device = "cpu") -> DetrForObjectDetection:
     """``DetrForObjectDetection(detr_config)`` quantized with ``config``; the global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]), torch.device(device):
-        model = DetrForObjectDetection(detr_config)
-        for param in model.parameters():  # trainable, as from_pretrained gives them (a config build freezes the ResNet)
-            param.requires_grad_(True)
+        model = trainable_detr(detr_config)
         quantize(model, config)
     return model
 

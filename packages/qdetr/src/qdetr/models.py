@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from slimkit.errors import BadInputError
 
-__all__ = ["TINY_DEFAULTS", "detr_r50", "init_like_detr", "load_detr", "quiet_transformers", "tiny_detr"]
+__all__ = ["TINY_DEFAULTS", "detr_r50", "init_like_detr", "load_detr", "quiet_transformers", "tiny_detr", "trainable_detr"]
 
 #: The tiny DETR: a stride-8 ResNet of basic blocks (32, 64 channels: an 8 x 8 feature map on 64 x 64 images;
 #: stride 32 leaves 2 x 2 tokens, too few to place objects), d_model 64, 2 + 2 layers, 4 heads, 10 queries.
@@ -57,12 +57,18 @@ def tiny_detr(num_labels: int, **overrides: Any) -> DetrForObjectDetection:
         encoder_ffn_dim=o["ffn_dim"], decoder_ffn_dim=o["ffn_dim"], num_queries=o["num_queries"],
         dropout=o["dropout"], attention_dropout=0.0, activation_dropout=0.0, auxiliary_loss=True,
     )  # fmt: skip
+    return init_like_detr(trainable_detr(config))  # trained from scratch
+
+
+def trainable_detr(config: DetrConfig) -> DetrForObjectDetection:
+    """``DetrForObjectDetection(config)`` with every parameter trainable, as ``from_pretrained`` gives them.
+
+    transformers freezes the whole ResNet of a DETR built from a config (its rule meant to spare
+    stages 1-3 looks for "stage.1", which no v5 parameter name contains: they are "stages.1...").
+    """
     model = DetrForObjectDetection(config)
-    # trained from scratch: transformers freezes the whole ResNet of a DETR built from a config (its rule meant
-    # to spare stages 1-3 looks for "stage.1", which no v5 parameter name contains: they are "stages.1...")
     for param in model.parameters():
         param.requires_grad_(True)
-    init_like_detr(model)
     return model
 
 
