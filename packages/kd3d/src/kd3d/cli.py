@@ -31,7 +31,7 @@ from kd3d.training import FitSettings, evaluate, fit, load_detector, save_detect
 from kd3d.visualize import bev_png, render_open3d
 from slimkit.cli import add_common, at_least, dispatching_main, make_parser, positive, progress, report, resolve_device
 from slimkit.errors import BadInputError
-from slimkit.io import config_to_dict, save_json
+from slimkit.io import config_from_dict, config_to_dict, save_json
 from slimkit.paths import check_input_file, check_output_dir, claim_output_dir
 from slimkit.train import process_state
 
@@ -154,11 +154,14 @@ def _kd_config(method: str, options: list[str]) -> Any:
             fields[name.replace("-", "_")] = json.loads(text)
         except json.JSONDecodeError:
             fields[name.replace("-", "_")] = text
-    try:
-        return KD_METHODS[method](**fields)
-    except TypeError as exc:  # an unknown field: name the ones that exist
-        known = ", ".join(f.name for f in dataclasses.fields(KD_METHODS[method]))
-        raise BadInputError(f"--kd-option: {method} has no such option ({exc}); options: {known}") from None
+    known = [f.name for f in dataclasses.fields(KD_METHODS[method])]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise BadInputError(f"--kd-option: {method} has no such option ({', '.join(unknown)}); options: {', '.join(known)}")
+    try:  # slimkit.io's checks: a value of the wrong JSON type is named, not taken for an unknown option
+        return config_from_dict(KD_METHODS[method], fields)
+    except BadInputError as exc:
+        raise BadInputError(f"--kd-option: {exc}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
